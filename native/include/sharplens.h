@@ -1,0 +1,286 @@
+/*
+ * sharplens.h: the flat C ABI of libsharplens, the native engine of SharpLens.
+ *
+ * Conventions (every function follows them):
+ *  - Every function returns an sl_status; SL_OK (0) means success. Results go through out-parameters,
+ *    which are written only on success.
+ *  - On failure, sl_last_error() returns the message for the calling thread. It stays valid until the
+ *    next sl_* call on that thread. No C++ exception ever crosses this boundary.
+ *  - A tensor handle (sl_tensor) is a heap-allocated at::Tensor*, the convention of TorchSharp's native
+ *    shim. Every handle returned through an out-parameter is owned by the caller, who frees it with
+ *    sl_tensor_free. Handles passed as inputs are borrowed.
+ *  - dtype codes are c10::ScalarType values (SL_DTYPE_*). Device type codes: 0 = CPU, 1 = CUDA.
+ *  - Optional tensor inputs may be NULL.
+ */
+#ifndef SHARPLENS_H
+#define SHARPLENS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define SL_API __declspec(dllexport)
+#else
+#define SL_API __attribute__((visibility("default")))
+#endif
+
+/* Bumped whenever a signature or a struct layout in this header changes. */
+#define SL_ABI_VERSION 1
+
+typedef int32_t sl_status;
+enum {
+  SL_OK = 0,
+  SL_ERR_TORCH = 1,            /* libtorch raised c10::Error (bad shape, dtype, index, ...) */
+  SL_ERR_STD = 2,              /* a std::exception */
+  SL_ERR_UNKNOWN = 3,          /* anything else */
+  SL_ERR_ARGUMENT = 4,         /* SharpLens rejected an argument (null handle, bad count, ...) */
+  SL_ERR_MANAGED_CALLBACK = 5  /* a managed callback failed; see sl_last_managed_exception() */
+};
+
+/* dtype codes: identical to c10::ScalarType. */
+enum {
+  SL_DTYPE_UINT8 = 0, SL_DTYPE_INT8 = 1, SL_DTYPE_INT16 = 2, SL_DTYPE_INT32 = 3, SL_DTYPE_INT64 = 4,
+  SL_DTYPE_FLOAT16 = 5, SL_DTYPE_FLOAT32 = 6, SL_DTYPE_FLOAT64 = 7, SL_DTYPE_BOOL = 11,
+  SL_DTYPE_BFLOAT16 = 15
+};
+
+typedef struct sl_tensor_t* sl_tensor;       /* at::Tensor* */
+typedef struct sl_generator_t* sl_generator; /* at::Generator* */
+typedef struct sl_optimizer_t* sl_optimizer;
+
+/* Called by native code when it drops the last reference to a managed object it was given
+ * (a hook's user data, the owner of memory passed to sl_tensor_from_blob). May run on any thread. */
+typedef void (*sl_release_fn)(void* user_data);
+
+/* ---------------------------------------------------------------- library */
+SL_API int32_t sl_abi_version(void);
+/* The calling thread's last error message ("" if none). Valid until the next sl_* call on this thread. */
+SL_API const char* sl_last_error(void);
+/* The id a managed callback returned with its failure, for the last SL_ERR_MANAGED_CALLBACK on this
+ * thread; 0 if none. */
+SL_API int64_t sl_last_managed_exception(void);
+/* Sets the release callback and the intra-op thread count (<= 0 keeps libtorch's). Call once at load. */
+SL_API sl_status sl_init(sl_release_fn release, int32_t num_threads);
+SL_API sl_status sl_set_num_threads(int32_t num_threads);
+SL_API sl_status sl_get_num_threads(int32_t* out);
+/* Number of sl_tensor handles alive (created and not yet freed). */
+SL_API int64_t sl_live_tensors(void);
+SL_API sl_status sl_manual_seed(uint64_t seed);
+SL_API sl_status sl_cuda_is_available(int32_t* out);
+SL_API sl_status sl_grad_mode_set(int32_t enabled, int32_t* previous);
+SL_API sl_status sl_grad_mode_is_enabled(int32_t* out);
+
+/* ---------------------------------------------------------------- generators */
+SL_API sl_status sl_generator_new(uint64_t seed, sl_generator* out);
+SL_API sl_status sl_generator_free(sl_generator g);
+
+/* ---------------------------------------------------------------- tensor: lifetime and queries */
+SL_API sl_status sl_tensor_free(sl_tensor t);
+/* A new handle to the same tensor (shares storage and autograd identity). */
+SL_API sl_status sl_tensor_share(sl_tensor t, sl_tensor* out);
+SL_API sl_status sl_tensor_ndim(sl_tensor t, int64_t* out);
+/* Writes ndim values into shape / strides. */
+SL_API sl_status sl_tensor_shape(sl_tensor t, int64_t* shape);
+SL_API sl_status sl_tensor_strides(sl_tensor t, int64_t* strides);
+SL_API sl_status sl_tensor_numel(sl_tensor t, int64_t* out);
+SL_API sl_status sl_tensor_dtype(sl_tensor t, int32_t* out);
+SL_API sl_status sl_tensor_device(sl_tensor t, int32_t* device_type, int32_t* device_index);
+SL_API sl_status sl_tensor_is_contiguous(sl_tensor t, int32_t* out);
+/* Address of the first element (CPU tensors: readable memory; may be NULL for empty tensors). */
+SL_API sl_status sl_tensor_data_ptr(sl_tensor t, void** out);
+/* Copies the tensor's values (converted to CPU, contiguous, same dtype) into dst of nbytes bytes;
+ * nbytes must equal numel * element size. */
+SL_API sl_status sl_tensor_copy_to_buffer(sl_tensor t, void* dst, int64_t nbytes);
+SL_API sl_status sl_tensor_item_double(sl_tensor t, double* out);
+SL_API sl_status sl_tensor_item_int64(sl_tensor t, int64_t* out);
+/* Shares storage: same size, same storage, same offset and strides. */
+SL_API sl_status sl_tensor_is_same_storage(sl_tensor a, sl_tensor b, int32_t* out);
+
+/* ---------------------------------------------------------------- tensor: creation */
+/* Copies nbytes from data into a new CPU tensor of the given shape and dtype. */
+SL_API sl_status sl_tensor_from_data(const void* data, int64_t nbytes, const int64_t* shape, int32_t ndim,
+                                     int32_t dtype, sl_tensor* out);
+/* Wraps data without copying. release(owner) is called when the storage dies. data must be aligned to
+ * the element size and stay valid until then. */
+SL_API sl_status sl_tensor_from_blob(void* data, const int64_t* shape, int32_t ndim, int32_t dtype,
+                                     void* owner, sl_tensor* out);
+SL_API sl_status sl_tensor_empty(const int64_t* shape, int32_t ndim, int32_t dtype, int32_t device_type,
+                                 int32_t device_index, sl_tensor* out);
+SL_API sl_status sl_tensor_full(const int64_t* shape, int32_t ndim, double value, int32_t dtype,
+                                int32_t device_type, int32_t device_index, sl_tensor* out);
+SL_API sl_status sl_tensor_arange(double start, double end, double step, int32_t dtype, int32_t device_type,
+                                  int32_t device_index, sl_tensor* out);
+/* kind: 0 = randn (standard normal), 1 = rand (uniform [0,1)). gen may be NULL (global generator). */
+SL_API sl_status sl_tensor_random(int32_t kind, const int64_t* shape, int32_t ndim, int32_t dtype,
+                                  int32_t device_type, int32_t device_index, sl_generator gen, sl_tensor* out);
+/* Integers uniform in [low, high). */
+SL_API sl_status sl_tensor_randint(int64_t low, int64_t high, const int64_t* shape, int32_t ndim, int32_t dtype,
+                                   int32_t device_type, int32_t device_index, sl_generator gen, sl_tensor* out);
+SL_API sl_status sl_tensor_to(sl_tensor t, int32_t dtype, int32_t device_type, int32_t device_index,
+                              int32_t copy, sl_tensor* out);
+SL_API sl_status sl_tensor_clone(sl_tensor t, sl_tensor* out);
+
+/* ---------------------------------------------------------------- tensor: views and layout */
+SL_API sl_status sl_tensor_reshape(sl_tensor t, const int64_t* shape, int32_t ndim, sl_tensor* out);
+SL_API sl_status sl_tensor_view(sl_tensor t, const int64_t* shape, int32_t ndim, sl_tensor* out);
+SL_API sl_status sl_tensor_permute(sl_tensor t, const int64_t* dims, int32_t ndim, sl_tensor* out);
+SL_API sl_status sl_tensor_transpose(sl_tensor t, int64_t dim0, int64_t dim1, sl_tensor* out);
+SL_API sl_status sl_tensor_narrow(sl_tensor t, int64_t dim, int64_t start, int64_t length, sl_tensor* out);
+SL_API sl_status sl_tensor_select(sl_tensor t, int64_t dim, int64_t index, sl_tensor* out);
+/* Python-style t[start:end:step] along dim; negative start/end count from the end. */
+SL_API sl_status sl_tensor_slice(sl_tensor t, int64_t dim, int64_t start, int64_t end, int64_t step, sl_tensor* out);
+SL_API sl_status sl_tensor_unsqueeze(sl_tensor t, int64_t dim, sl_tensor* out);
+/* has_dim = 0 squeezes every size-1 dimension. */
+SL_API sl_status sl_tensor_squeeze(sl_tensor t, int32_t has_dim, int64_t dim, sl_tensor* out);
+SL_API sl_status sl_tensor_expand(sl_tensor t, const int64_t* shape, int32_t ndim, sl_tensor* out);
+SL_API sl_status sl_tensor_contiguous(sl_tensor t, sl_tensor* out);
+SL_API sl_status sl_tensor_flatten(sl_tensor t, int64_t start_dim, int64_t end_dim, sl_tensor* out);
+SL_API sl_status sl_tensor_index_select(sl_tensor t, int64_t dim, sl_tensor index, sl_tensor* out);
+SL_API sl_status sl_tensor_gather(sl_tensor t, int64_t dim, sl_tensor index, sl_tensor* out);
+/* Out-of-place scatter: a copy of t with src scattered at index along dim. */
+SL_API sl_status sl_tensor_scatter(sl_tensor t, int64_t dim, sl_tensor index, sl_tensor src, sl_tensor* out);
+SL_API sl_status sl_tensor_masked_fill(sl_tensor t, sl_tensor mask, double value, sl_tensor* out);
+SL_API sl_status sl_tensor_where(sl_tensor condition, sl_tensor a, sl_tensor b, sl_tensor* out);
+SL_API sl_status sl_tensor_cat(const sl_tensor* tensors, int32_t count, int64_t dim, sl_tensor* out);
+SL_API sl_status sl_tensor_stack(const sl_tensor* tensors, int32_t count, int64_t dim, sl_tensor* out);
+/* Splits into pieces of the given sizes (count entries, which must sum to the dimension's size);
+ * writes count handles to outs. */
+SL_API sl_status sl_tensor_split_sizes(sl_tensor t, const int64_t* sizes, int32_t count, int64_t dim,
+                                       sl_tensor* outs);
+
+/* ---------------------------------------------------------------- tensor: elementwise */
+enum {
+  SL_UNARY_NEG = 0, SL_UNARY_ABS, SL_UNARY_EXP, SL_UNARY_LOG, SL_UNARY_SQRT, SL_UNARY_RSQRT, SL_UNARY_TANH,
+  SL_UNARY_SIGMOID, SL_UNARY_RELU, SL_UNARY_GELU, SL_UNARY_GELU_TANH, SL_UNARY_SILU, SL_UNARY_ISFINITE,
+  SL_UNARY_LOGICAL_NOT, SL_UNARY_SIN, SL_UNARY_COS, SL_UNARY_RECIPROCAL, SL_UNARY_SIGN, SL_UNARY_FLOOR,
+  SL_UNARY_CEIL, SL_UNARY_ROUND, SL_UNARY_ERF, SL_UNARY_ISNAN, SL_UNARY_SQUARE, SL_UNARY_LOG1P,
+  SL_UNARY_COUNT
+};
+SL_API sl_status sl_tensor_unary(int32_t op, sl_tensor t, sl_tensor* out);
+
+enum {
+  SL_BINARY_ADD = 0, SL_BINARY_SUB, SL_BINARY_MUL, SL_BINARY_DIV, SL_BINARY_POW, SL_BINARY_MAXIMUM,
+  SL_BINARY_MINIMUM, SL_BINARY_EQ, SL_BINARY_NE, SL_BINARY_LT, SL_BINARY_LE, SL_BINARY_GT, SL_BINARY_GE,
+  SL_BINARY_LOGICAL_AND, SL_BINARY_LOGICAL_OR, SL_BINARY_MATMUL, SL_BINARY_BMM, SL_BINARY_REMAINDER,
+  SL_BINARY_RSUB, SL_BINARY_RDIV, SL_BINARY_RPOW, /* reversed: scalar OP tensor (scalar form only) */
+  SL_BINARY_COUNT
+};
+/* Broadcasting a OP b. */
+SL_API sl_status sl_tensor_binary(int32_t op, sl_tensor a, sl_tensor b, sl_tensor* out);
+/* a OP scalar (or scalar OP a for the reversed ops). */
+SL_API sl_status sl_tensor_binary_scalar(int32_t op, sl_tensor a, double scalar, sl_tensor* out);
+/* In place: a = a OP b (arithmetic ops only). */
+SL_API sl_status sl_tensor_binary_(int32_t op, sl_tensor a, sl_tensor b);
+SL_API sl_status sl_tensor_binary_scalar_(int32_t op, sl_tensor a, double scalar);
+SL_API sl_status sl_tensor_clamp(sl_tensor t, int32_t has_min, double min, int32_t has_max, double max,
+                                 sl_tensor* out);
+/* dst.copy_(src) (with broadcasting and dtype conversion). */
+SL_API sl_status sl_tensor_copy_(sl_tensor dst, sl_tensor src);
+SL_API sl_status sl_tensor_fill_(sl_tensor t, double value);
+
+/* ---------------------------------------------------------------- tensor: reductions and linear algebra */
+enum {
+  SL_REDUCE_SUM = 0, SL_REDUCE_MEAN, SL_REDUCE_AMAX, SL_REDUCE_AMIN, SL_REDUCE_PROD, SL_REDUCE_LOGSUMEXP,
+  SL_REDUCE_ANY, SL_REDUCE_ALL, SL_REDUCE_COUNT
+};
+/* ndims = 0 reduces over every dimension. */
+SL_API sl_status sl_tensor_reduce(int32_t op, sl_tensor t, const int64_t* dims, int32_t ndims, int32_t keepdim,
+                                  sl_tensor* out);
+/* is_max = 1: max, 0: min, along dim: values and int64 indices. */
+SL_API sl_status sl_tensor_minmax_dim(int32_t is_max, sl_tensor t, int64_t dim, int32_t keepdim,
+                                      sl_tensor* values, sl_tensor* indices);
+/* has_dim = 0: index into the flattened tensor. */
+SL_API sl_status sl_tensor_argminmax(int32_t is_max, sl_tensor t, int32_t has_dim, int64_t dim, int32_t keepdim,
+                                     sl_tensor* out);
+/* Variance (is_std = 0) or standard deviation (1) with Bessel-style correction (0 = population, 1 = sample). */
+SL_API sl_status sl_tensor_var_std(int32_t is_std, sl_tensor t, const int64_t* dims, int32_t ndims,
+                                   int64_t correction, int32_t keepdim, sl_tensor* out);
+/* Vector p-norm over dims (ndims = 0: all). */
+SL_API sl_status sl_tensor_norm(sl_tensor t, double p, const int64_t* dims, int32_t ndims, int32_t keepdim,
+                                sl_tensor* out);
+SL_API sl_status sl_tensor_einsum(const char* equation, const sl_tensor* tensors, int32_t count, sl_tensor* out);
+/* Full SVD: U, S, Vh with t = U diag(S) Vh. */
+SL_API sl_status sl_tensor_svd(sl_tensor t, int32_t full_matrices, sl_tensor* u, sl_tensor* s, sl_tensor* vh);
+SL_API sl_status sl_tensor_topk(sl_tensor t, int64_t k, int64_t dim, int32_t largest, int32_t sorted,
+                                sl_tensor* values, sl_tensor* indices);
+SL_API sl_status sl_tensor_sort(sl_tensor t, int64_t dim, int32_t descending, int32_t stable,
+                                sl_tensor* values, sl_tensor* indices);
+SL_API sl_status sl_tensor_allclose(sl_tensor a, sl_tensor b, double rtol, double atol, int32_t equal_nan,
+                                    int32_t* out);
+SL_API sl_status sl_tensor_equal(sl_tensor a, sl_tensor b, int32_t* out);
+
+/* ---------------------------------------------------------------- tensor: neural-network functions */
+/* dtype < 0: keep the input's dtype; otherwise compute in that dtype. */
+SL_API sl_status sl_tensor_softmax(sl_tensor t, int64_t dim, int32_t dtype, sl_tensor* out);
+SL_API sl_status sl_tensor_log_softmax(sl_tensor t, int64_t dim, int32_t dtype, sl_tensor* out);
+SL_API sl_status sl_tensor_layer_norm(sl_tensor t, const int64_t* normalized_shape, int32_t ndim, sl_tensor weight,
+                                      sl_tensor bias, double eps, sl_tensor* out);
+/* reduction: 0 = none, 1 = mean, 2 = sum. target holds class indices (int64). */
+SL_API sl_status sl_tensor_cross_entropy(sl_tensor logits, sl_tensor target, sl_tensor weight, int32_t reduction,
+                                         int64_t ignore_index, double label_smoothing, sl_tensor* out);
+
+/* ---------------------------------------------------------------- autograd */
+SL_API sl_status sl_tensor_requires_grad(sl_tensor t, int32_t* out);
+SL_API sl_status sl_tensor_set_requires_grad(sl_tensor t, int32_t requires_grad);
+SL_API sl_status sl_tensor_is_leaf(sl_tensor t, int32_t* out);
+/* *out = NULL when the tensor has no gradient. */
+SL_API sl_status sl_tensor_grad(sl_tensor t, sl_tensor* out);
+/* grad may be NULL to clear the gradient. */
+SL_API sl_status sl_tensor_set_grad(sl_tensor t, sl_tensor grad);
+/* gradient may be NULL for a one-element tensor. */
+SL_API sl_status sl_tensor_backward(sl_tensor t, sl_tensor gradient, int32_t retain_graph, int32_t create_graph);
+SL_API sl_status sl_tensor_detach(sl_tensor t, sl_tensor* out);
+/* Gradients of outputs w.r.t. inputs. grad_outputs may be NULL (all ones-like for scalars) or hold NULL
+ * entries. grads receives n_inputs handles; an unused input gives NULL when allow_unused is set. */
+SL_API sl_status sl_autograd_grad(const sl_tensor* outputs, int32_t n_outputs, const sl_tensor* grad_outputs,
+                                  const sl_tensor* inputs, int32_t n_inputs, int32_t retain_graph,
+                                  int32_t create_graph, int32_t allow_unused, sl_tensor* grads);
+
+/* A gradient hook. grad is a new handle owned by the callee. The callee may set *replacement to a new
+ * handle (ownership passes to native code) or leave it NULL to keep the gradient. A non-zero return
+ * means the callee failed; *exception_id then identifies the managed exception, and the operation that
+ * ran the hook (backward, autograd.grad) fails with SL_ERR_MANAGED_CALLBACK. */
+typedef int32_t (*sl_grad_hook_fn)(void* user_data, sl_tensor grad, sl_tensor* replacement, int64_t* exception_id);
+/* Registers fn on t (which must require grad). user_data is passed back to fn and released through the
+ * release callback when the hook is removed or the tensor's autograd state dies; it is released on
+ * failure too, so the caller never frees it itself. */
+SL_API sl_status sl_tensor_register_hook(sl_tensor t, sl_grad_hook_fn fn, void* user_data, int64_t* handle);
+SL_API sl_status sl_tensor_remove_hook(sl_tensor t, int64_t handle);
+
+/* ---------------------------------------------------------------- optimizers */
+enum { SL_OPTIM_SGD = 0, SL_OPTIM_ADAMW = 1 };
+/* torch.optim options; fields that an optimizer does not use are ignored. */
+typedef struct sl_optim_options {
+  double lr;
+  double momentum;     /* SGD */
+  double dampening;    /* SGD */
+  double weight_decay; /* SGD: L2 added to the gradient; AdamW: decoupled */
+  double beta1;        /* AdamW */
+  double beta2;        /* AdamW */
+  double eps;          /* AdamW */
+  int32_t nesterov;    /* SGD */
+  int32_t amsgrad;     /* AdamW */
+  int32_t maximize;
+  int32_t reserved;
+} sl_optim_options;
+SL_API sl_status sl_optim_new(int32_t kind, sl_optimizer* out);
+SL_API sl_status sl_optim_free(sl_optimizer opt);
+/* Adds a parameter group (the tensors must be leaves; the optimizer keeps its own references). */
+SL_API sl_status sl_optim_add_group(sl_optimizer opt, const sl_tensor* params, int32_t count,
+                                    const sl_optim_options* options);
+SL_API sl_status sl_optim_set_group_options(sl_optimizer opt, int32_t group, const sl_optim_options* options);
+SL_API sl_status sl_optim_get_group_options(sl_optimizer opt, int32_t group, sl_optim_options* options);
+/* One optimizer step over every parameter that has a gradient, in one call. */
+SL_API sl_status sl_optim_step(sl_optimizer opt);
+SL_API sl_status sl_optim_zero_grad(sl_optimizer opt, int32_t set_to_none);
+/* Per-parameter state by name ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer");
+ * *out = NULL when that state does not exist yet. */
+SL_API sl_status sl_optim_state(sl_optimizer opt, int32_t group, int32_t index, const char* name, sl_tensor* out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SHARPLENS_H */
