@@ -65,8 +65,8 @@ public sealed unsafe partial class Tensor
         ArgumentNullException.ThrowIfNull(hook);
         var state = GCHandle.Alloc(new GradHookState(hook));
         // From here on native code owns the GCHandle and frees it through the release callback, also on failure.
-        NativeStatus.Check(NativeMethods.sl_tensor_register_hook(Handle, &GradHookState.Invoke, GCHandle.ToIntPtr(state), out var id));
-        return new GradHookHandle(Alias(), id);
+        NativeStatus.Check(NativeMethods.sl_tensor_register_hook(Handle, &GradHookState.Invoke, GCHandle.ToIntPtr(state), out var registered));
+        return new GradHookHandle(registered);
     }
 
     /// <summary>Registers a hook that only observes the gradient.</summary>
@@ -77,41 +77,66 @@ public sealed unsafe partial class Tensor
     }
 }
 
-/// <summary>Removes a gradient hook when disposed.</summary>
+/// <summary>
+/// Identifies a gradient hook; <see cref="Remove"/> or <see cref="Dispose"/> removes it. It does not keep
+/// the tensor alive: when the tensor's autograd state dies the hook goes with it. Dropping this object
+/// without disposing it leaves the hook in place.
+/// </summary>
 public sealed class GradHookHandle : IDisposable
 {
-    private Tensor? _tensor;
-    private readonly long _id;
+    private nint _hook;
 
-    internal GradHookHandle(Tensor tensor, long id)
-    {
-        // Our own handle to the tensor, outside any scope, so removal works whatever the caller disposed.
-        _tensor = tensor.DetachFromScope();
-        _id = id;
-    }
+    internal GradHookHandle(nint hook) => _hook = hook;
 
-    /// <summary>Removes the hook (idempotent).</summary>
+    /// <summary>Removes the hook (idempotent; a no-op once the tensor is gone).</summary>
     public void Remove()
     {
-        var t = Interlocked.Exchange(ref _tensor, null);
-        if (t is null) return;
+        var h = Interlocked.Exchange(ref _hook, 0);
+        if (h == 0) return;
         try
         {
-            NativeStatus.Check(NativeMethods.sl_tensor_remove_hook(t.Handle, _id));
+            NativeStatus.Check(NativeMethods.sl_hook_remove(h));
         }
         finally
         {
-            t.Dispose();
+            NativeMethods.sl_hook_free(h);
+            GC.SuppressFinalize(this);
         }
     }
 
     /// <inheritdoc/>
     public void Dispose() => Remove();
+
+    /// <summary>Frees the native record only: an abandoned handle must not remove a hook the user still relies on.</summary>
+    ~GradHookHandle()
+    {
+        var h = Interlocked.Exchange(ref _hook, 0);
+        if (h != 0) NativeMethods.sl_hook_free(h);
+    }
 }
 
-/// <summary>What native code holds (through a GCHandle) for one gradient hook.</summary>
-internal sealed unsafe class GradHookState(Func<Tensor, Tensor?> hook)
+/// <summary>What native code holds (through a GCHandle) for one gradient hook; released by native code.</summary>
+internal sealed unsafe class GradHookState : IDisposable
 {
+    private static long _live;
+    private readonly Func<Tensor, Tensor?> hook;
+    private int _disposed;
+
+    internal GradHookState(Func<Tensor, Tensor?> hook)
+    {
+        this.hook = hook;
+        Interlocked.Increment(ref _live);
+    }
+
+    /// <summary>Hook states native code still holds; tests use it to prove hooks are released.</summary>
+    internal static long Live => Interlocked.Read(ref _live);
+
+    /// <summary>Called through the release callback when libtorch drops the hook.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 0) Interlocked.Decrement(ref _live);
+    }
+
     [UnmanagedCallersOnly]
     internal static int Invoke(nint userData, nint grad, nint* replacement, long* exceptionId)
     {

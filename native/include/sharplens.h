@@ -50,6 +50,7 @@ enum {
 typedef struct sl_tensor_t* sl_tensor;       /* at::Tensor* */
 typedef struct sl_generator_t* sl_generator; /* at::Generator* */
 typedef struct sl_optimizer_t* sl_optimizer;
+typedef struct sl_hook_t* sl_hook;           /* a registered gradient hook */
 
 /* Called by native code when it drops the last reference to a managed object it was given
  * (a hook's user data, the owner of memory passed to sl_tensor_from_blob). May run on any thread. */
@@ -246,9 +247,12 @@ SL_API sl_status sl_autograd_grad(const sl_tensor* outputs, int32_t n_outputs, c
 typedef int32_t (*sl_grad_hook_fn)(void* user_data, sl_tensor grad, sl_tensor* replacement, int64_t* exception_id);
 /* Registers fn on t (which must require grad). user_data is passed back to fn and released through the
  * release callback when the hook is removed or the tensor's autograd state dies; it is released on
- * failure too, so the caller never frees it itself. */
-SL_API sl_status sl_tensor_register_hook(sl_tensor t, sl_grad_hook_fn fn, void* user_data, int64_t* handle);
-SL_API sl_status sl_tensor_remove_hook(sl_tensor t, int64_t handle);
+ * failure too, so the caller never frees it itself. *out identifies the hook without keeping the tensor
+ * alive (it holds a weak reference); free it with sl_hook_free, which does not remove the hook. */
+SL_API sl_status sl_tensor_register_hook(sl_tensor t, sl_grad_hook_fn fn, void* user_data, sl_hook* out);
+/* Removes the hook if its tensor still exists (a no-op otherwise, and when already removed). */
+SL_API sl_status sl_hook_remove(sl_hook hook);
+SL_API sl_status sl_hook_free(sl_hook hook);
 
 /* ---------------------------------------------------------------- optimizers */
 enum { SL_OPTIM_SGD = 0, SL_OPTIM_ADAMW = 1 };

@@ -12,7 +12,8 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)] internal static partial int sl_tensor_backward(TensorHandle t, TensorHandle gradient, int retainGraph, int createGraph);
     [LibraryImport(Library)] internal static partial int sl_tensor_detach(TensorHandle t, out nint result);
     [LibraryImport(Library)] internal static partial int sl_autograd_grad(nint* outputs, int nOutputs, nint* gradOutputs, nint* inputs, int nInputs, int retainGraph, int createGraph, int allowUnused, nint* grads);
-    [LibraryImport(Library)] internal static partial int sl_tensor_register_hook(TensorHandle t, delegate* unmanaged<nint, nint, nint*, long*, int> fn, nint userData, out long handle);
-    [LibraryImport(Library)] internal static partial int sl_tensor_remove_hook(TensorHandle t, long handle);
+    [LibraryImport(Library)] internal static partial int sl_tensor_register_hook(TensorHandle t, delegate* unmanaged<nint, nint, nint*, long*, int> fn, nint userData, out nint hook);
+    [LibraryImport(Library)] internal static partial int sl_hook_remove(nint hook);
+    [LibraryImport(Library)] internal static partial int sl_hook_free(nint hook);
 
 }

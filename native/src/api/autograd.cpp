@@ -26,6 +26,14 @@ struct HookContext {
   }
 };
 
+// Identifies a registered hook without keeping its tensor alive.
+struct HookRef {
+  HookRef(const at::Tensor& t, unsigned pos) : impl(t.getIntrusivePtr()), position(pos) {}
+  c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+  unsigned position;
+  bool removed = false;
+};
+
 at::Tensor run_hook(const HookContext& ctx, const at::Tensor& grad) {
   sl_tensor replacement = nullptr;
   int64_t exception_id = 0;
@@ -113,25 +121,34 @@ sl_status sl_autograd_grad(const sl_tensor* outputs, int32_t n_outputs, const sl
   SL_CATCH
 }
 
-sl_status sl_tensor_register_hook(sl_tensor t, sl_grad_hook_fn fn, void* user_data, int64_t* handle) {
+sl_status sl_tensor_register_hook(sl_tensor t, sl_grad_hook_fn fn, void* user_data, sl_hook* out) {
   SL_TRY
   // The context owns user_data from the first line on: on any failure below its destructor releases it,
   // so the caller never frees user_data itself.
   auto ctx = std::make_shared<HookContext>(fn, user_data, sl::g_release);
   auto& x = get(t);
-  sl::require(handle, "handle");
+  sl::require(out, "out");
   if (fn == nullptr) throw sl::ArgumentError("hook function is null");
   if (!x.requires_grad())
     throw sl::ArgumentError("cannot register a gradient hook on a tensor that does not require grad");
-  const unsigned pos = x.register_hook([ctx](const at::Tensor& grad) { return run_hook(*ctx, grad); });
-  *handle = static_cast<int64_t>(pos);
+  const unsigned position = x.register_hook([ctx](const at::Tensor& grad) { return run_hook(*ctx, grad); });
+  *out = reinterpret_cast<sl_hook>(new HookRef(x, position));
   SL_CATCH
 }
 
-sl_status sl_tensor_remove_hook(sl_tensor t, int64_t handle) {
+sl_status sl_hook_remove(sl_hook hook) {
   SL_TRY
-  if (handle < 0) throw sl::ArgumentError("invalid hook handle " + std::to_string(handle));
-  get(t).remove_hook(static_cast<unsigned>(handle));
+  auto* h = reinterpret_cast<HookRef*>(sl::require(hook, "hook"));
+  if (h->removed) return SL_OK;
+  h->removed = true;
+  auto impl = h->impl.lock();
+  if (impl) at::Tensor(std::move(impl)).remove_hook(h->position);
+  SL_CATCH
+}
+
+sl_status sl_hook_free(sl_hook hook) {
+  SL_TRY
+  delete reinterpret_cast<HookRef*>(hook);
   SL_CATCH
 }
 
