@@ -1,4 +1,4 @@
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 /// <summary>
 /// bfloat16 storage: the upper 16 bits of an IEEE float32. .NET has no such type, so tensors of dtype

@@ -1,4 +1,4 @@
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 /// <summary>Where a tensor lives.</summary>
 public enum DeviceType

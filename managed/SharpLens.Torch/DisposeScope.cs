@@ -1,4 +1,4 @@
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 /// <summary>
 /// Owns every tensor created on this thread while it is the innermost scope, and disposes them with

@@ -1,6 +1,6 @@
-using SharpLens.Torch.Native;
+using SharpLens.Tensors.Native;
 
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 /// <summary>Neural-network functions (PyTorch's <c>torch.nn.functional</c>).</summary>
 public static unsafe class Functional

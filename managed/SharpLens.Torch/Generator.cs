@@ -1,6 +1,6 @@
-using SharpLens.Torch.Native;
+using SharpLens.Tensors.Native;
 
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 /// <summary>A seeded CPU random number generator, for reproducible <see cref="Torch.Randn(long[], Generator?, ScalarType, Device?)"/>.</summary>
 public sealed class Generator : IDisposable

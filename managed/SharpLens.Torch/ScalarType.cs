@@ -1,4 +1,4 @@
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 /// <summary>Element types; the values are libtorch's c10::ScalarType codes, as in TorchSharp.</summary>
 public enum ScalarType

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
-using SharpLens.Torch.Native;
+using SharpLens.Tensors.Native;
 
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 public sealed unsafe partial class Tensor
 {

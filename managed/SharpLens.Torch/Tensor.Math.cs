@@ -1,6 +1,6 @@
-using SharpLens.Torch.Native;
+using SharpLens.Tensors.Native;
 
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 /// <summary>How a loss reduces over its elements.</summary>
 public enum Reduction

@@ -1,6 +1,6 @@
-using SharpLens.Torch.Native;
+using SharpLens.Tensors.Native;
 
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 public sealed unsafe partial class Tensor
 {

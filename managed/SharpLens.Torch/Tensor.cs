@@ -1,9 +1,9 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
-using SharpLens.Torch.Native;
+using SharpLens.Tensors.Native;
 
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 /// <summary>
 /// A libtorch tensor. Owns one native handle; dispose it, or create it inside a
@@ -287,5 +287,6 @@ public sealed unsafe partial class Tensor : IDisposable
         return sb.ToString();
     }
 
-    internal static string FormatShape(IEnumerable<long> shape) => "[" + string.Join(", ", shape) + "]";
+    /// <summary>Formats a shape as <c>[2, 3]</c>, the way every SharpLens message shows shapes.</summary>
+    public static string FormatShape(IEnumerable<long> shape) => "[" + string.Join(", ", shape) + "]";
 }

@@ -1,6 +1,6 @@
-using SharpLens.Torch.Native;
+using SharpLens.Tensors.Native;
 
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 /// <summary>
 /// Entry point of the torch layer: tensor creation, scopes, grad mode, threads and functions over

@@ -1,6 +1,6 @@
-using SharpLens.Torch.Native;
+using SharpLens.Tensors.Native;
 
-namespace SharpLens.Torch;
+namespace SharpLens.Tensors;
 
 /// <summary>An error raised by libtorch or by the native engine (bad shape, dtype, index, ...).</summary>
 public sealed class TorchException : Exception

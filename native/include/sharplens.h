@@ -254,6 +254,30 @@ SL_API sl_status sl_tensor_register_hook(sl_tensor t, sl_grad_hook_fn fn, void* 
 SL_API sl_status sl_hook_remove(sl_hook hook);
 SL_API sl_status sl_hook_free(sl_hook hook);
 
+/* ---------------------------------------------------------------- transformer operations
+ * Each is one native call; all are differentiable through libtorch's autograd, and gradients of the
+ * split projections land in the one fused weight they view. Shapes use b = batch, p = positions,
+ * h = heads, d = d_head, m = d_model. */
+enum {
+  SL_QKV_GPT2_CONV1D = 0,    /* weight [m, 3*h*d] (y = x W + b), columns ordered q | k | v */
+  SL_QKV_NEOX_INTERLEAVED = 1 /* weight [h*3*d, m] (y = x W^T + b), rows ordered per head: q_h k_h v_h */
+};
+/* x [b, p, m] -> q, k, v [b, p, h, d]. bias may be NULL. */
+SL_API sl_status sl_qkv_split(int32_t layout, sl_tensor x, sl_tensor weight, sl_tensor bias, int64_t n_heads,
+                              sl_tensor* q, sl_tensor* k, sl_tensor* v);
+/* Causal attention scores q.k * scale as [b, h, p_q, p_k], with -inf above the diagonal and at keys whose
+ * key_mask entry is 0 (key_mask [b, p_k], bool or integer; may be NULL). */
+SL_API sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mask, double scale, sl_tensor* scores);
+/* Softmax over keys, computed in float32 at least and cast back; rows with every key masked give 0. */
+SL_API sl_status sl_attention_pattern(sl_tensor scores, sl_tensor* pattern);
+/* pattern [b, h, p_q, p_k], v [b, p_k, h, d] -> z [b, p_q, h, d]. */
+SL_API sl_status sl_attention_apply(sl_tensor pattern, sl_tensor v, sl_tensor* z);
+/* The three steps above in one call, for when no hook needs scores or pattern: q, k, v -> z. */
+SL_API sl_status sl_attention(sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask, double scale, sl_tensor* z);
+/* GPT-NeoX rotary embedding (rotate-half form) on the first rotary_dim features of x [b, p, h, d], at
+ * the int64 positions [b, p]. */
+SL_API sl_status sl_rotary(sl_tensor x, sl_tensor positions, int64_t rotary_dim, double base, sl_tensor* out);
+
 /* ---------------------------------------------------------------- optimizers */
 enum { SL_OPTIM_SGD = 0, SL_OPTIM_ADAMW = 1 };
 /* torch.optim options; fields that an optimizer does not use are ignored. */

@@ -1,4 +1,4 @@
-namespace SharpLens.Torch.Tests;
+namespace SharpLens.Tensors.Tests;
 
 /// <summary>Autograd against analytic derivatives: backward, autograd.grad, leaves, detach, no-grad, gradient hooks.</summary>
 public class AutogradTests

@@ -1,6 +1,6 @@
 using System.Runtime.CompilerServices;
 
-namespace SharpLens.Torch.Tests;
+namespace SharpLens.Tensors.Tests;
 
 /// <summary>Deterministic memory: scopes dispose what they own, moved-out tensors survive, counts return to start.</summary>
 [NonParallelizable]

@@ -1,6 +1,6 @@
-using SharpLens.Torch.Native;
+using SharpLens.Tensors.Native;
 
-namespace SharpLens.Torch.Tests;
+namespace SharpLens.Tensors.Tests;
 
 /// <summary>The C ABI contract: statuses become typed exceptions with the native message; errors are per thread; threads are configured.</summary>
 public unsafe class NativeBoundaryTests

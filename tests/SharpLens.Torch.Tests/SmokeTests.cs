@@ -1,4 +1,4 @@
-namespace SharpLens.Torch.Tests;
+namespace SharpLens.Tensors.Tests;
 
 public class SmokeTests
 {

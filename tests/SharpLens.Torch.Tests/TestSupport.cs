@@ -1,4 +1,4 @@
-namespace SharpLens.Torch.Tests;
+namespace SharpLens.Tensors.Tests;
 
 /// <summary>Assertions shared by the torch-layer tests.</summary>
 internal static class Expect

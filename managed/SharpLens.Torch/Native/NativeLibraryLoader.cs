@@ -2,7 +2,7 @@ using System.Reflection;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
-namespace SharpLens.Torch.Native;
+namespace SharpLens.Tensors.Native;
 
 /// <summary>
 /// Finds libsharplens for every [LibraryImport] of this assembly: <c>SHARPLENS_NATIVE</c> (a file or a

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace SharpLens.Torch.Native;
+namespace SharpLens.Tensors.Native;
 
 /// <summary>
 /// The flat C ABI of libsharplens (native/include/sharplens.h). One partial class, split per area.

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace SharpLens.Torch.Native;
+namespace SharpLens.Tensors.Native;
 
 internal enum UnaryOp
 {

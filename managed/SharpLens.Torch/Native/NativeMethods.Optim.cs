@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace SharpLens.Torch.Native;
+namespace SharpLens.Tensors.Native;
 
 /// <summary>Mirror of sl_optim_options in sharplens.h; the layout must match it field for field.</summary>
 [StructLayout(LayoutKind.Sequential)]

@@ -3,7 +3,7 @@ using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 using System.Text.RegularExpressions;
 
-namespace SharpLens.Torch.Native;
+namespace SharpLens.Tensors.Native;
 
 /// <summary>Status codes of the C ABI (sl_status).</summary>
 internal enum Status

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace SharpLens.Torch.Native;
+namespace SharpLens.Tensors.Native;
 
 /// <summary>
 /// Owns one native at::Tensor* handle. Passing it to [LibraryImport] functions keeps it alive (and

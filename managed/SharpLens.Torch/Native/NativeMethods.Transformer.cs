@@ -1,0 +1,13 @@
+using System.Runtime.InteropServices;
+
+namespace SharpLens.Tensors.Native;
+
+internal static unsafe partial class NativeMethods
+{
+    [LibraryImport(Library)] internal static partial int sl_qkv_split(int layout, TensorHandle x, TensorHandle weight, TensorHandle bias, long nHeads, out nint q, out nint k, out nint v);
+    [LibraryImport(Library)] internal static partial int sl_attention_scores(TensorHandle q, TensorHandle k, TensorHandle keyMask, double scale, out nint scores);
+    [LibraryImport(Library)] internal static partial int sl_attention_pattern(TensorHandle scores, out nint pattern);
+    [LibraryImport(Library)] internal static partial int sl_attention_apply(TensorHandle pattern, TensorHandle v, out nint z);
+    [LibraryImport(Library)] internal static partial int sl_attention(TensorHandle q, TensorHandle k, TensorHandle v, TensorHandle keyMask, double scale, out nint z);
+    [LibraryImport(Library)] internal static partial int sl_rotary(TensorHandle x, TensorHandle positions, long rotaryDim, double rotaryBase, out nint result);
+}

@@ -1,0 +1,45 @@
+using SharpLens.Tensors.Native;
+
+namespace SharpLens.Tensors;
+
+/// <summary>How a checkpoint fuses the query, key and value projections into one weight.</summary>
+public enum QkvLayout
+{
+    /// <summary>GPT-2 Conv1D <c>c_attn</c>: weight [d_model, 3 * d_model], y = x W + b, columns q | k | v.</summary>
+    Gpt2Conv1D = 0,
+    /// <summary>GPT-NeoX <c>query_key_value</c>: weight [n_heads * 3 * d_head, d_model], y = x Wᵀ + b, rows per head q_h k_h v_h.</summary>
+    NeoXInterleaved = 1,
+}
+
+/// <summary>
+/// Transformer building blocks that run as one native call each: QKV splitting, the attention core
+/// (in one call, or in three stages when hooks need the scores or the pattern) and rotary embeddings.
+/// All are differentiable; shapes follow TransformerLens ([batch, pos, head, d_head] for q, k, v, z).
+/// </summary>
+public static class TransformerOps
+{
+    /// <summary>Projects x [batch, pos, d_model] through a fused QKV weight into q, k, v [batch, pos, head, d_head].</summary>
+    public static (Tensor Q, Tensor K, Tensor V) QkvSplit(QkvLayout layout, Tensor x, Tensor weight, Tensor? bias, long nHeads)
+    {
+        NativeStatus.Check(NativeMethods.sl_qkv_split((int)layout, x.Handle, weight.Handle, Tensor.HandleOrNull(bias), nHeads, out var q, out var k, out var v));
+        return (new Tensor(q), new Tensor(k), new Tensor(v));
+    }
+
+    /// <summary>Causal scores q·k × scale as [batch, head, q_pos, k_pos], -inf where masked (future keys, keys whose <paramref name="keyMask"/> is 0).</summary>
+    public static Tensor AttentionScores(Tensor q, Tensor k, Tensor? keyMask, double scale) =>
+        Tensor.Wrap(NativeMethods.sl_attention_scores(q.Handle, k.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
+
+    /// <summary>Softmax over keys in at least float32, cast back to the scores' dtype; fully masked rows give 0.</summary>
+    public static Tensor AttentionPattern(Tensor scores) => Tensor.Wrap(NativeMethods.sl_attention_pattern(scores.Handle, out var r), r);
+
+    /// <summary>Weighted values: pattern [batch, head, q, k] and v [batch, k, head, d_head] give z [batch, q, head, d_head].</summary>
+    public static Tensor AttentionApply(Tensor pattern, Tensor v) => Tensor.Wrap(NativeMethods.sl_attention_apply(pattern.Handle, v.Handle, out var r), r);
+
+    /// <summary>Scores, pattern and weighted values in one call, when nothing needs the intermediate tensors.</summary>
+    public static Tensor Attention(Tensor q, Tensor k, Tensor v, Tensor? keyMask, double scale) =>
+        Tensor.Wrap(NativeMethods.sl_attention(q.Handle, k.Handle, v.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
+
+    /// <summary>GPT-NeoX rotary embedding on the first <paramref name="rotaryDim"/> features of x [batch, pos, head, d_head] at int64 positions [batch, pos].</summary>
+    public static Tensor Rotary(Tensor x, Tensor positions, long rotaryDim, double rotaryBase) =>
+        Tensor.Wrap(NativeMethods.sl_rotary(x.Handle, positions.Handle, rotaryDim, rotaryBase, out var r), r);
+}

@@ -1,0 +1,85 @@
+namespace SharpLens;
+
+/// <summary>
+/// Activations recorded by <see cref="TransformerBridge.RunWithCache"/>, by TransformerLens name, with
+/// TransformerLens's shorthand (<c>cache["resid_pre", 0]</c>, <c>cache["pattern", 1]</c>,
+/// <c>cache["scale", 0, "ln1"]</c>). Owns its tensors: dispose the cache to free them.
+/// </summary>
+public sealed class ActivationCache : IDisposable, IReadOnlyDictionary<string, Tensor>
+{
+    private readonly Dictionary<string, Tensor> _tensors = new();
+
+    internal ActivationCache(TransformerConfig config) => Config = config;
+
+    /// <summary>The config of the model that produced the cache.</summary>
+    public TransformerConfig Config { get; }
+
+    internal void Store(string name, Tensor tensor)
+    {
+        if (_tensors.Remove(name, out var old)) old.Dispose();
+        _tensors[name] = tensor.DetachFromScope();
+    }
+
+    /// <summary>The activation with this full TransformerLens name.</summary>
+    public Tensor this[string name] =>
+        _tensors.TryGetValue(name, out var t)
+            ? t
+            : throw new KeyNotFoundException($"the cache holds no '{name}'" + (_tensors.Count == 0 ? " (it is empty)" : $"; it holds {_tensors.Count} activations, e.g. {string.Join(", ", _tensors.Keys.Take(3))}"));
+
+    /// <summary>TransformerLens <c>get_act_name</c> shorthand: <c>("resid_pre", 0)</c>, <c>("pattern", 1)</c>, <c>("scale", 0, "ln2")</c>.</summary>
+    public Tensor this[string shortName, int layer, string? layerType = null] => this[ActName(shortName, layer, layerType)];
+
+    /// <summary>The full hook name for a TransformerLens short name (as <c>utils.get_act_name</c>).</summary>
+    public static string ActName(string shortName, int? layer = null, string? layerType = null)
+    {
+        var full = shortName switch
+        {
+            "embed" or "pos_embed" or "tokens" => $"hook_{shortName}",
+            "resid_pre" or "resid_mid" or "resid_post" or "attn_out" or "mlp_out" or "q_input" or "k_input" or "v_input" or "attn_in" or "mlp_in"
+                => $"blocks.{{0}}.hook_{shortName}",
+            "q" or "k" or "v" or "z" or "result" or "attn_scores" or "pattern" or "rot_q" or "rot_k" => $"blocks.{{0}}.attn.hook_{shortName}",
+            "attn" => "blocks.{0}.attn.hook_pattern",
+            "pre" or "post" or "mid" => $"blocks.{{0}}.mlp.hook_{shortName}",
+            "scale" or "normalized" => layer is null ? $"ln_final.hook_{shortName}" : $"blocks.{{0}}.{layerType ?? "ln1"}.hook_{shortName}",
+            _ when shortName.Contains('.') || shortName.StartsWith("hook_") => shortName,
+            _ => throw new ArgumentException($"'{shortName}' is not a TransformerLens activation short name"),
+        };
+        if (full.Contains("{0}"))
+        {
+            if (layer is null) throw new ArgumentException($"'{shortName}' needs a layer index");
+            full = string.Format(full, layer);
+        }
+        return full;
+    }
+
+    /// <summary>The residual stream before each block and after the last (TransformerLens <c>accumulated_resid</c>): [n_layers + 1, batch, pos, d_model].</summary>
+    public Tensor AccumulatedResid()
+    {
+        var parts = Enumerable.Range(0, Config.NLayers).Select(l => this["resid_pre", l]).Append(this["resid_post", Config.NLayers - 1]).ToList();
+        return Torch.Stack(parts);
+    }
+
+    /// <summary>Every head's output written into the residual stream: [n_layers, batch, pos, head, d_model] (needs <c>UseAttnResult</c>).</summary>
+    public Tensor StackHeadResults() => Torch.Stack(Enumerable.Range(0, Config.NLayers).Select(l => this["result", l]).ToList());
+
+    /// <inheritdoc/>
+    public bool ContainsKey(string key) => _tensors.ContainsKey(key);
+    /// <inheritdoc/>
+    public bool TryGetValue(string key, out Tensor value) => _tensors.TryGetValue(key, out value!);
+    /// <inheritdoc/>
+    public IEnumerable<string> Keys => _tensors.Keys;
+    /// <inheritdoc/>
+    public IEnumerable<Tensor> Values => _tensors.Values;
+    /// <inheritdoc/>
+    public int Count => _tensors.Count;
+    /// <inheritdoc/>
+    public IEnumerator<KeyValuePair<string, Tensor>> GetEnumerator() => _tensors.GetEnumerator();
+    System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+
+    /// <summary>Frees every cached tensor.</summary>
+    public void Dispose()
+    {
+        foreach (var t in _tensors.Values) t.Dispose();
+        _tensors.Clear();
+    }
+}

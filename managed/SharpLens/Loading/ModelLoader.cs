@@ -1,0 +1,174 @@
+using System.Text.Json;
+using SharpLens.Adapters;
+using SharpLens.Tensors.IO;
+
+namespace SharpLens.Loading;
+
+/// <summary>A loaded HF model directory: its config, its adapter and its parameters (HF names, leaf tensors).</summary>
+public sealed record LoadedModel(string Directory, TransformerConfig Config, ArchitectureAdapter Adapter, IReadOnlyDictionary<string, Tensor> Parameters);
+
+/// <summary>
+/// Reads a HuggingFace model directory: <c>config.json</c>, then <c>model.safetensors</c> or the shards
+/// named by <c>model.safetensors.index.json</c>. Pickle checkpoints are refused. Every fault raises a
+/// <see cref="ModelLoadException"/> naming the file, the tensor and what was expected.
+/// </summary>
+public static class ModelLoader
+{
+    /// <summary>The config file name.</summary>
+    public const string ConfigFile = "config.json";
+    /// <summary>The single-file checkpoint name.</summary>
+    public const string SafetensorsFile = "model.safetensors";
+    /// <summary>The sharded checkpoint index name.</summary>
+    public const string IndexFile = "model.safetensors.index.json";
+
+    /// <summary>Reads config.json and picks the adapter.</summary>
+    public static (TransformerConfig Config, ArchitectureAdapter Adapter) ReadConfig(string directory)
+    {
+        if (!System.IO.Directory.Exists(directory))
+            throw new ModelLoadException(directory, "model directory does not exist");
+        var path = Path.Combine(directory, ConfigFile);
+        if (!File.Exists(path)) throw new ModelLoadException(path, "config.json is missing from the model directory");
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(File.ReadAllBytes(path));
+        }
+        catch (JsonException e)
+        {
+            throw new ModelLoadException(path, $"not valid JSON ({e.Message})", e);
+        }
+        using (doc)
+        {
+            var root = doc.RootElement;
+            if (root.ValueKind != JsonValueKind.Object) throw new ModelLoadException(path, "the config is not a JSON object");
+            if (!root.TryGetProperty("model_type", out var mt) || mt.ValueKind != JsonValueKind.String)
+                throw new ModelLoadException(path, "config field 'model_type' is missing or not a string");
+            var adapter = ArchitectureAdapter.For(mt.GetString()!, path);
+            return (adapter.ReadConfig(root, path), adapter);
+        }
+    }
+
+    /// <summary>Loads config and parameters; parameters are converted to <paramref name="dtype"/> on <paramref name="device"/> and require grad.</summary>
+    public static LoadedModel Load(string directory, ScalarType dtype = ScalarType.Float32, Device? device = null)
+    {
+        var (cfg, adapter) = ReadConfig(directory);
+        var files = OpenCheckpoint(directory);
+        var parameters = new Dictionary<string, Tensor>();
+        try
+        {
+            var expected = adapter.ExpectedParameters(cfg);
+            var expectedNames = expected.Select(e => e.Name).ToHashSet();
+            foreach (var (name, file) in files.Locations)
+                if (!expectedNames.Contains(name) && !adapter.IsIgnorableTensor(name))
+                    throw new ModelLoadException(file.Path, $"tensor '{name}' is not part of a {cfg.ModelType} model with this config");
+            foreach (var (name, shape) in expected)
+            {
+                if (!files.Locations.TryGetValue(name, out var file))
+                    throw new ModelLoadException(files.Describe, $"tensor '{name}' is missing (expected shape {Tensor.FormatShape(shape)})");
+                var info = file.GetInfo(name);
+                if (!info.Shape.SequenceEqual(shape))
+                    throw new ModelLoadException(file.Path,
+                        $"tensor '{name}' has shape {Tensor.FormatShape(info.Shape)} but config.json implies {Tensor.FormatShape(shape)}");
+                if (!info.DType.IsFloatingPoint())
+                    throw new ModelLoadException(file.Path, $"tensor '{name}' has dtype {info.DTypeName}; parameters must be floating point");
+                using var raw = file.Load(name);
+                var leaf = raw.DType == dtype && (device ?? Device.CPU) == Device.CPU ? raw.Alias() : raw.To(device ?? Device.CPU, dtype);
+                leaf.DetachFromScope().RequiresGrad = true;
+                parameters[name] = leaf;
+            }
+        }
+        catch
+        {
+            foreach (var t in parameters.Values) t.Dispose();
+            throw;
+        }
+        finally
+        {
+            files.Dispose();  // tensors keep their mapped memory alive on their own
+        }
+        return new LoadedModel(directory, cfg, adapter, parameters);
+    }
+
+    private sealed class CheckpointFiles(List<SafeTensorsFile> files, Dictionary<string, SafeTensorsFile> locations, string describe) : IDisposable
+    {
+        public Dictionary<string, SafeTensorsFile> Locations { get; } = locations;
+        public string Describe { get; } = describe;
+
+        public void Dispose()
+        {
+            foreach (var f in files) f.Dispose();
+        }
+    }
+
+    private static CheckpointFiles OpenCheckpoint(string directory)
+    {
+        var index = Path.Combine(directory, IndexFile);
+        var single = Path.Combine(directory, SafetensorsFile);
+        if (File.Exists(index)) return OpenSharded(directory, index);
+        if (File.Exists(single))
+        {
+            var f = SafeTensorsFile.Open(single);
+            return new CheckpointFiles([f], f.Names.ToDictionary(n => n, _ => f), single);
+        }
+        var pickles = System.IO.Directory.EnumerateFiles(directory, "*.bin").Concat(System.IO.Directory.EnumerateFiles(directory, "*.pt")).ToList();
+        if (pickles.Count > 0)
+            throw new ModelLoadException(pickles[0],
+                "pickle checkpoints are refused because loading them can run arbitrary code; convert the model to safetensors " +
+                "(in Python: model.save_pretrained(dir, safe_serialization=True))");
+        throw new ModelLoadException(directory, $"no checkpoint found: expected {SafetensorsFile} or {IndexFile}");
+    }
+
+    private static CheckpointFiles OpenSharded(string directory, string indexPath)
+    {
+        Dictionary<string, string> weightMap;
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+            if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
+                throw new ModelLoadException(indexPath, "the index has no 'weight_map' object");
+            weightMap = new Dictionary<string, string>();
+            foreach (var p in wm.EnumerateObject())
+            {
+                if (p.Value.ValueKind != JsonValueKind.String)
+                    throw new ModelLoadException(indexPath, $"weight_map entry '{p.Name}' is not a file name");
+                weightMap[p.Name] = p.Value.GetString()!;
+            }
+        }
+        catch (JsonException e)
+        {
+            throw new ModelLoadException(indexPath, $"not valid JSON ({e.Message})", e);
+        }
+        var opened = new Dictionary<string, SafeTensorsFile>();
+        var locations = new Dictionary<string, SafeTensorsFile>();
+        try
+        {
+            foreach (var (tensor, shard) in weightMap)
+            {
+                if (shard.Contains('/') || shard.Contains('\\') || shard.Contains(".."))
+                    throw new ModelLoadException(indexPath, $"shard name '{shard}' for tensor '{tensor}' must be a plain file name");
+                if (!opened.TryGetValue(shard, out var file))
+                {
+                    var shardPath = Path.Combine(directory, shard);
+                    if (!File.Exists(shardPath))
+                        throw new ModelLoadException(indexPath, $"shard '{shard}' (holding '{tensor}') does not exist");
+                    file = SafeTensorsFile.Open(shardPath);
+                    opened[shard] = file;
+                }
+                if (!file.Contains(tensor))
+                    throw new ModelLoadException(file.Path, $"tensor '{tensor}' is listed in {IndexFile} but missing from this shard");
+                locations[tensor] = file;
+            }
+            // Tensors in shards but not in the index would be silently dropped: refuse them.
+            foreach (var (shard, file) in opened)
+                foreach (var name in file.Names)
+                    if (!locations.ContainsKey(name))
+                        throw new ModelLoadException(file.Path, $"tensor '{name}' is not listed in {IndexFile}");
+        }
+        catch
+        {
+            foreach (var f in opened.Values) f.Dispose();
+            throw;
+        }
+        return new CheckpointFiles(opened.Values.ToList(), locations, indexPath);
+    }
+}

@@ -1,0 +1,161 @@
+// Transformer operations: QKV splitting from fused HF layouts, the attention core in stages (scores,
+// pattern, apply) or in one call, and rotary embeddings. Each export is one native call built from
+// ATen ops, so libtorch's autograd differentiates it and gradients of the q/k/v projections flow into
+// the one fused weight. (Fused CPU/CUDA kernels replace the bodies without changing the ABI.)
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "common.h"
+
+using sl::get;
+using sl::new_handle;
+
+namespace {
+
+void check_rank(const at::Tensor& t, int64_t rank, const char* name, const char* layout) {
+  if (t.dim() != rank)
+    throw sl::ArgumentError(std::string(name) + " must have shape " + layout + ", got " + c10::str(t.sizes()));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_split(int32_t layout, const at::Tensor& x, const at::Tensor& w,
+                                                         const c10::optional<at::Tensor>& b, int64_t n_heads) {
+  check_rank(x, 3, "x", "[batch, pos, d_model]");
+  check_rank(w, 2, "qkv weight", "[rows, cols]");
+  if (n_heads <= 0) throw sl::ArgumentError("n_heads must be positive");
+  const int64_t batch = x.size(0), pos = x.size(1), d_model = x.size(2);
+  if (layout == SL_QKV_GPT2_CONV1D) {
+    if (w.size(0) != d_model || w.size(1) % (3 * n_heads) != 0)
+      throw sl::ArgumentError("GPT-2 c_attn weight must be [d_model, 3 * n_heads * d_head] with d_model " +
+                              std::to_string(d_model) + ", got " + c10::str(w.sizes()));
+    const int64_t d_head = w.size(1) / (3 * n_heads);
+    auto qkv = b ? at::addmm(*b, x.reshape({batch * pos, d_model}), w) : x.reshape({batch * pos, d_model}).mm(w);
+    auto parts = qkv.view({batch, pos, 3, n_heads, d_head}).unbind(2);
+    return {parts[0], parts[1], parts[2]};
+  }
+  if (layout == SL_QKV_NEOX_INTERLEAVED) {
+    if (w.size(1) != d_model || w.size(0) % (3 * n_heads) != 0)
+      throw sl::ArgumentError("GPT-NeoX query_key_value weight must be [n_heads * 3 * d_head, d_model] with d_model " +
+                              std::to_string(d_model) + ", got " + c10::str(w.sizes()));
+    const int64_t d_head = w.size(0) / (3 * n_heads);
+    auto flat = x.reshape({batch * pos, d_model});
+    auto qkv = b ? at::addmm(*b, flat, w.t()) : flat.mm(w.t());
+    auto parts = qkv.view({batch, pos, n_heads, 3, d_head}).unbind(3);
+    return {parts[0], parts[1], parts[2]};
+  }
+  throw sl::ArgumentError("unknown QKV layout " + std::to_string(layout));
+}
+
+at::Tensor attention_scores(const at::Tensor& q, const at::Tensor& k, const c10::optional<at::Tensor>& key_mask,
+                            double scale) {
+  check_rank(q, 4, "q", "[batch, pos, head, d_head]");
+  check_rank(k, 4, "k", "[batch, pos, head, d_head]");
+  const int64_t pq = q.size(1), pk = k.size(1);
+  auto scores = at::matmul(q.permute({0, 2, 1, 3}), k.permute({0, 2, 3, 1})).mul(scale);  // [b, h, q, k]
+  // Query i sits at key position i + (pk - pq), so cached prefixes keep causality.
+  auto causal = at::ones({pq, pk}, q.options().dtype(at::kBool)).triu(pk - pq + 1);
+  auto mask = causal.view({1, 1, pq, pk});
+  if (key_mask) {
+    if (key_mask->dim() != 2 || key_mask->size(0) != q.size(0) || key_mask->size(1) != pk)
+      throw sl::ArgumentError("key mask must be [batch, key_pos] = [" + std::to_string(q.size(0)) + ", " +
+                              std::to_string(pk) + "], got " + c10::str(key_mask->sizes()));
+    auto padded = key_mask->to(q.device()).eq(0).view({q.size(0), 1, 1, pk});
+    mask = mask.logical_or(padded);
+  }
+  return scores.masked_fill(mask, -std::numeric_limits<double>::infinity());
+}
+
+at::Tensor attention_pattern(const at::Tensor& scores) {
+  const auto compute = at::isFloatingType(scores.scalar_type()) && c10::elementSize(scores.scalar_type()) < 4
+                           ? at::kFloat
+                           : scores.scalar_type();
+  auto pattern = scores.softmax(-1, compute);
+  // A row whose keys are all masked (a padding query) softmaxes to NaN; TransformerLens sets it to 0.
+  pattern = at::where(pattern.isnan(), at::zeros({}, pattern.options()), pattern);
+  return pattern.to(scores.scalar_type());
+}
+
+at::Tensor attention_apply(const at::Tensor& pattern, const at::Tensor& v) {
+  check_rank(pattern, 4, "pattern", "[batch, head, q_pos, k_pos]");
+  check_rank(v, 4, "v", "[batch, pos, head, d_head]");
+  auto z = at::matmul(pattern.to(v.scalar_type()), v.permute({0, 2, 1, 3}));  // [b, h, q, d]
+  return z.permute({0, 2, 1, 3});
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
+}
+
+at::Tensor rotary(const at::Tensor& x, const at::Tensor& positions, int64_t rotary_dim, double base) {
+  check_rank(x, 4, "x", "[batch, pos, head, d_head]");
+  if (rotary_dim <= 0 || rotary_dim > x.size(3) || rotary_dim % 2 != 0)
+    throw sl::ArgumentError("rotary_dim must be even and in (0, d_head = " + std::to_string(x.size(3)) + "], got " +
+                            std::to_string(rotary_dim));
+  if (positions.dim() != 2 || positions.size(0) != x.size(0) || positions.size(1) != x.size(1))
+    throw sl::ArgumentError("positions must be [batch, pos] = [" + std::to_string(x.size(0)) + ", " +
+                            std::to_string(x.size(1)) + "], got " + c10::str(positions.sizes()));
+  // Frequencies in float64 then cast, so float32 and float64 runs share the same angles up to rounding.
+  auto inv_freq = at::pow(base, at::arange(0, rotary_dim, 2, x.options().dtype(at::kDouble)) / rotary_dim).reciprocal();
+  auto angles = positions.to(at::kDouble).unsqueeze(-1) * inv_freq;  // [b, p, rot/2]
+  auto emb = at::cat({angles, angles}, -1).unsqueeze(2);                // [b, p, 1, rot]
+  auto cos = emb.cos().to(x.scalar_type()), sin = emb.sin().to(x.scalar_type());
+  auto rot = x.narrow(3, 0, rotary_dim);
+  auto rotated = rot * cos + rotate_half(rot) * sin;
+  if (rotary_dim == x.size(3)) return rotated;
+  return at::cat({rotated, x.narrow(3, rotary_dim, x.size(3) - rotary_dim)}, 3);
+}
+
+}  // namespace
+
+extern "C" {
+
+sl_status sl_qkv_split(int32_t layout, sl_tensor x, sl_tensor weight, sl_tensor bias, int64_t n_heads, sl_tensor* q,
+                       sl_tensor* k, sl_tensor* v) {
+  SL_TRY
+  sl::require(q, "q");
+  sl::require(k, "k");
+  sl::require(v, "v");
+  auto r = qkv_split(layout, get(x, "x"), get(weight, "weight"), sl::get_optional(bias), n_heads);
+  auto hq = new_handle(std::get<0>(r));
+  auto hk = new_handle(std::get<1>(r));
+  *q = hq;
+  *k = hk;
+  *v = new_handle(std::get<2>(r));
+  SL_CATCH
+}
+
+sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mask, double scale, sl_tensor* scores) {
+  SL_TRY
+  SL_OUT(scores) = new_handle(attention_scores(get(q, "q"), get(k, "k"), sl::get_optional(key_mask), scale));
+  SL_CATCH
+}
+
+sl_status sl_attention_pattern(sl_tensor scores, sl_tensor* pattern) {
+  SL_TRY
+  SL_OUT(pattern) = new_handle(attention_pattern(get(scores, "scores")));
+  SL_CATCH
+}
+
+sl_status sl_attention_apply(sl_tensor pattern, sl_tensor v, sl_tensor* z) {
+  SL_TRY
+  SL_OUT(z) = new_handle(attention_apply(get(pattern, "pattern"), get(v, "v")));
+  SL_CATCH
+}
+
+sl_status sl_attention(sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask, double scale, sl_tensor* z) {
+  SL_TRY
+  const auto& vv = get(v, "v");
+  auto pattern = attention_pattern(attention_scores(get(q, "q"), get(k, "k"), sl::get_optional(key_mask), scale));
+  SL_OUT(z) = new_handle(attention_apply(pattern, vv));
+  SL_CATCH
+}
+
+sl_status sl_rotary(sl_tensor x, sl_tensor positions, int64_t rotary_dim, double base, sl_tensor* out) {
+  SL_TRY
+  SL_OUT(out) = new_handle(rotary(get(x, "x"), get(positions, "positions"), rotary_dim, base));
+  SL_CATCH
+}
+
+}  // extern "C"
