@@ -1,0 +1,50 @@
+using BenchmarkDotNet.Attributes;
+using SharpLens.Tensors;
+
+namespace SharpLens.Perf;
+
+/// <summary>
+/// One native layer-norm call against the same math as a sequence of nine small tensor calls (mean,
+/// centre, square, mean, add eps, rsqrt, scale, weight, bias): the cost of crossing the boundary per op
+/// and of materialising every intermediate.
+/// </summary>
+[MemoryDiagnoser(false)]
+public class LayerNormBenchmarks
+{
+    private Tensor _x = null!, _w = null!, _b = null!;
+
+    [Params(4, 512)] public int Rows;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        using var g = new Generator(0);
+        _x = Torch.Randn([Rows, 768], g);
+        _w = Torch.Randn([768], g);
+        _b = Torch.Randn([768], g);
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        _x.Dispose(); _w.Dispose(); _b.Dispose();
+    }
+
+    [Benchmark(Baseline = true, Description = "composed: 9 calls")]
+    public void Composed()
+    {
+        using var scope = Torch.NewScope();
+        var mean = _x.Mean(-1, keepDim: true);
+        var centred = _x - mean;
+        var variance = centred.Square().Mean(-1, keepDim: true);
+        var normed = centred * (variance + 1e-5).Rsqrt();
+        _ = normed * _w + _b;
+    }
+
+    [Benchmark(Description = "native: 1 call")]
+    public void Native()
+    {
+        using var scope = Torch.NewScope();
+        _ = Functional.LayerNorm(_x, [768], _w, _b);
+    }
+}
