@@ -184,8 +184,8 @@ public sealed partial class TransformerBridge : IDisposable
     }
 
     /// <summary>
-    /// Mean next-token cross-entropy as HuggingFace computes it (positions whose target is padding are
-    /// skipped), or per token [batch, pos - 1] with <paramref name="perToken"/> (padding targets give 0).
+    /// Mean next-token cross-entropy as HuggingFace computes it; with a mask, predictions from or of padding
+    /// are skipped. Per token [batch, pos - 1] with <paramref name="perToken"/> (skipped entries give 0).
     /// </summary>
     public Tensor Loss(Tensor tokens, Tensor? attentionMask = null, bool perToken = false)
     {
@@ -212,7 +212,9 @@ public sealed partial class TransformerBridge : IDisposable
         }
         else
         {
-            var valid = attentionMask.Narrow(1, 1, pos - 1).To(perPosition.DType);
+            // A prediction counts only when both the predicting and the predicted token are real: with left
+            // padding, the pad before the first real token must not "predict" it.
+            var valid = attentionMask.Narrow(1, 1, pos - 1).Ne(0).LogicalAnd(attentionMask.Narrow(1, 0, pos - 1).Ne(0)).To(perPosition.DType);
             var masked = perPosition * valid;
             result = perToken ? masked : masked.Sum() / valid.Sum();
         }
