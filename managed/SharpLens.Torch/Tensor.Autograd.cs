@@ -107,6 +107,17 @@ public sealed class GradHookHandle : IDisposable
     /// <inheritdoc/>
     public void Dispose() => Remove();
 
+    /// <summary>
+    /// Keeps the hook for the rest of its tensor's life and frees this handle's native record now (so no
+    /// finalizer is left to run); the hook can no longer be removed through this handle.
+    /// </summary>
+    public void Forget()
+    {
+        var h = Interlocked.Exchange(ref _hook, 0);
+        if (h != 0) NativeMethods.sl_hook_free(h);
+        GC.SuppressFinalize(this);
+    }
+
     /// <summary>Frees the native record only: an abandoned handle must not remove a hook the user still relies on.</summary>
     ~GradHookHandle()
     {

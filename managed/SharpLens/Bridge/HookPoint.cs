@@ -7,16 +7,25 @@ namespace SharpLens;
 public delegate Tensor? ForwardHook(Tensor activation, HookPoint hookPoint);
 
 /// <summary>
+/// A backward hook: receives the gradient of the backward objective w.r.t. the hook point's activation
+/// (PyTorch full-backward-hook semantics: the total gradient flowing into it) and returns a replacement
+/// of the same shape, or null to keep it. Upstream gradients are computed from what the hooks return.
+/// </summary>
+public delegate Tensor? BackwardHook(Tensor gradient, HookPoint hookPoint);
+
+/// <summary>
 /// A named place in the forward pass (TransformerLens names: <c>blocks.0.attn.hook_pattern</c>, ...)
 /// where hooks observe or replace the activation. With no hooks, firing costs one branch.
 /// </summary>
 public sealed class HookPoint
 {
     private readonly List<Registration> _hooks = new();
+    private readonly List<BackwardRegistration> _backwardHooks = new();
 
-    internal HookPoint(string name, Func<TransformerConfig, bool>? enabledWhen = null, string? switchName = null)
+    internal HookPoint(string name, Func<TransformerConfig, bool>? enabledWhen = null, string? switchName = null, bool differentiable = true)
     {
         Name = name;
+        IsDifferentiable = differentiable;
         EnabledWhen = enabledWhen;
         SwitchName = switchName;
     }
@@ -29,10 +38,37 @@ public sealed class HookPoint
 
     internal Func<TransformerConfig, bool>? EnabledWhen { get; }
 
+    /// <summary>False for hook points whose activation has no gradient (integer token ids).</summary>
+    public bool IsDifferentiable { get; }
+
     /// <summary>Number of forward hooks attached.</summary>
     public int HookCount => _hooks.Count;
 
+    /// <summary>Number of backward hooks attached.</summary>
+    public int BackwardHookCount => _backwardHooks.Count;
+
     internal bool HasHooks => _hooks.Count > 0;
+
+    internal bool HasBackwardHooks => _backwardHooks.Count > 0;
+
+    internal bool HasAnyHooks => _hooks.Count > 0 || _backwardHooks.Count > 0;
+
+    internal sealed class BackwardRegistration(BackwardHook hook, bool permanent)
+    {
+        public BackwardHook Hook { get; } = hook;
+        public bool Permanent { get; } = permanent;
+    }
+
+    internal BackwardRegistration AddBackward(BackwardHook hook, bool permanent)
+    {
+        if (!IsDifferentiable)
+            throw new InvalidOperationException($"hook point '{Name}' holds integer token ids, which have no gradient: a backward hook there could never fire");
+        var r = new BackwardRegistration(hook, permanent);
+        _backwardHooks.Add(r);
+        return r;
+    }
+
+    internal void Remove(BackwardRegistration r) => _backwardHooks.Remove(r);
 
     internal sealed class Registration(ForwardHook hook, bool permanent)
     {
@@ -49,12 +85,61 @@ public sealed class HookPoint
 
     internal void Remove(Registration r) => _hooks.Remove(r);
 
-    internal void Reset(bool includingPermanent) => _hooks.RemoveAll(r => includingPermanent || !r.Permanent);
+    internal void Reset(bool includingPermanent)
+    {
+        _hooks.RemoveAll(r => includingPermanent || !r.Permanent);
+        _backwardHooks.RemoveAll(r => includingPermanent || !r.Permanent);
+    }
 
-    /// <summary>Runs the hooks in registration order; each sees the previous one's result.</summary>
+    /// <summary>
+    /// Runs the forward hooks in registration order (each sees the previous one's result); with backward
+    /// hooks attached, returns the activation through an identity view of its own whose gradient hook runs
+    /// them, so every hook point is a distinct node even where two share a tensor (resid_post of one block
+    /// and resid_pre of the next): downstream hooks run first and their replacements reach upstream ones.
+    /// </summary>
     internal Tensor Fire(Tensor activation)
     {
-        if (_hooks.Count == 0) return activation;
+        var current = _hooks.Count == 0 ? activation : RunForwardHooks(activation);
+        return _backwardHooks.Count == 0 ? current : AttachBackwardHooks(current);
+    }
+
+    private Tensor AttachBackwardHooks(Tensor activation)
+    {
+        if (!activation.RequiresGrad)
+            throw new HookException(Name,
+                $"a backward hook on '{Name}' cannot fire: the activation does not require grad (is the model running under Torch.NoGrad(), or are its parameters frozen?)");
+        var node = activation.View(activation.Shape);
+        var handle = node.RegisterHook(RunBackwardHooks);
+        handle.Forget();  // the hook lives as long as the graph; removal works through this HookPoint
+        return node;
+    }
+
+    private Tensor? RunBackwardHooks(Tensor gradient)
+    {
+        var current = gradient;
+        Tensor? replaced = null;
+        foreach (var r in _backwardHooks.ToArray())
+        {
+            Tensor? replacement;
+            try
+            {
+                replacement = r.Hook(current, this);
+            }
+            catch (Exception e) when (e is not HookException)
+            {
+                throw new HookException(Name, $"a backward hook on '{Name}' threw: {e.Message}", e);
+            }
+            if (replacement is null) continue;
+            if (!replacement.Shape.SequenceEqual(current.Shape))
+                throw new HookException(Name,
+                    $"a backward hook on '{Name}' returned shape {Tensor.FormatShape(replacement.Shape)} but the gradient has shape {Tensor.FormatShape(current.Shape)}");
+            current = replaced = replacement;
+        }
+        return replaced;
+    }
+
+    private Tensor RunForwardHooks(Tensor activation)
+    {
         var current = activation;
         // A copy of the list: a hook may add or remove hooks while running.
         foreach (var r in _hooks.ToArray())
@@ -80,7 +165,7 @@ public sealed class HookPoint
     }
 
     /// <inheritdoc/>
-    public override string ToString() => $"HookPoint({Name}, {HookCount} hooks)";
+    public override string ToString() => $"HookPoint({Name}, {HookCount} forward and {BackwardHookCount} backward hooks)";
 }
 
 /// <summary>A hook failed or returned something unusable; names the hook point.</summary>
@@ -93,9 +178,9 @@ public sealed class HookException(string hookName, string message, Exception? in
 /// <summary>Removes the hooks it stands for when disposed.</summary>
 public sealed class HookHandle : IDisposable
 {
-    private List<(HookPoint Point, HookPoint.Registration Registration)>? _entries;
+    private List<(HookPoint Point, Action Remove)>? _entries;
 
-    internal HookHandle(List<(HookPoint, HookPoint.Registration)> entries) => _entries = entries;
+    internal HookHandle(List<(HookPoint, Action)> entries) => _entries = entries;
 
     /// <summary>The hook points this handle covers.</summary>
     public IReadOnlyList<string> HookNames => _entries?.Select(e => e.Point.Name).ToList() ?? [];
@@ -105,7 +190,7 @@ public sealed class HookHandle : IDisposable
     {
         var entries = Interlocked.Exchange(ref _entries, null);
         if (entries is null) return;
-        foreach (var (point, registration) in entries) point.Remove(registration);
+        foreach (var (_, remove) in entries) remove();
     }
 
     /// <inheritdoc/>

@@ -187,6 +187,19 @@ public sealed partial class TransformerBridge
             k = Project(LayerNorm(kIn, spec.Ln1, h.Ln1Scale, h.Ln1Normalized), wk, bk);
             v = Project(LayerNorm(vIn, spec.Ln1, h.Ln1Scale, h.Ln1Normalized), wv, bv);
         }
+        else if (h.Ln1Scale.HasAnyHooks || h.Ln1Normalized.HasAnyHooks)
+        {
+            // TransformerLens applies ln1 to the query, key and value inputs separately, so ln1's hooks fire
+            // three times per block (q, k, v order) and a backward hook there sees each path's gradient on
+            // its own. Reproduce that whenever someone is listening; the result is the same as below.
+            var qkv = spec.Attention.Qkv;
+            Tensor Normed() => LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
+            (Tensor, Tensor, Tensor) Split(Tensor x) => TransformerOps.QkvSplit(spec.Attention.QkvLayout, x, Parameter(qkv.Weight),
+                qkv.Bias is null ? null : Parameter(qkv.Bias), Config.NHeads);
+            q = Split(Normed()).Item1;
+            k = Split(Normed()).Item2;
+            v = Split(Normed()).Item3;
+        }
         else
         {
             var normed = LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);

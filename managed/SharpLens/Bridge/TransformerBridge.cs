@@ -36,7 +36,7 @@ public sealed partial class TransformerBridge : IDisposable
         _parameters = new Dictionary<string, Tensor>(model.Parameters);
         _spec = Adapter.Describe(Config);
         _hooks = new Dictionary<string, HookPoint>();
-        _hookTokens = NewHook("hook_tokens", c => c.UseHookTokens, nameof(TransformerConfig.UseHookTokens));
+        _hookTokens = NewHook("hook_tokens", c => c.UseHookTokens, nameof(TransformerConfig.UseHookTokens), differentiable: false);
         _hookEmbed = NewHook("hook_embed");
         _hookPosEmbed = NewHook("hook_pos_embed", c => c.Positional == PositionalEmbedding.Learned, "a learned positional embedding");
         _blocks = Enumerable.Range(0, Config.NLayers).Select(i => new BlockHooks(this, i)).ToArray();
@@ -109,9 +109,9 @@ public sealed partial class TransformerBridge : IDisposable
     /// <summary>Every hook point by TransformerLens name (optional ones included; they fire when their switch is on).</summary>
     public IReadOnlyDictionary<string, HookPoint> HookDict => _hooks;
 
-    private HookPoint NewHook(string name, Func<TransformerConfig, bool>? enabledWhen = null, string? switchName = null)
+    private HookPoint NewHook(string name, Func<TransformerConfig, bool>? enabledWhen = null, string? switchName = null, bool differentiable = true)
     {
-        var hp = new HookPoint(name, enabledWhen, switchName);
+        var hp = new HookPoint(name, enabledWhen, switchName, differentiable);
         _hooks.Add(name, hp);
         return hp;
     }
@@ -139,16 +139,61 @@ public sealed partial class TransformerBridge : IDisposable
         foreach (var hp in points)
             if (!IsEnabled(hp))
                 throw new InvalidOperationException($"hook point '{hp.Name}' fires only with {hp.SwitchName}; turn it on in Config first");
-        return new HookHandle(points.Select(hp => (hp, hp.Add(hook, permanent))).ToList());
+        return new HookHandle(points.Select(hp =>
+        {
+            var r = hp.Add(hook, permanent);
+            return (hp, (Action)(() => hp.Remove(r)));
+        }).ToList());
+    }
+
+    /// <summary>
+    /// Adds a backward hook by hook-point name: it receives the gradient of whatever objective is
+    /// backpropagated w.r.t. that activation and may return a replacement. Hooks on one point run in
+    /// registration order. Integer hook points (hook_tokens) refuse backward hooks.
+    /// </summary>
+    public HookHandle AddBackwardHook(string name, BackwardHook hook, bool permanent = false) => AddBackwardHooks([Hook(name)], hook, permanent);
+
+    /// <summary>Adds a backward hook to every enabled, differentiable hook point whose name satisfies <paramref name="filter"/>.</summary>
+    public HookHandle AddBackwardHook(Func<string, bool> filter, BackwardHook hook, bool permanent = false) =>
+        AddBackwardHooks(_hooks.Values.Where(h => filter(h.Name) && IsEnabled(h) && h.IsDifferentiable).ToList(), hook, permanent);
+
+    /// <summary>Adds a backward hook to every enabled, differentiable hook point whose name matches <paramref name="pattern"/>.</summary>
+    public HookHandle AddBackwardHook(Regex pattern, BackwardHook hook, bool permanent = false) => AddBackwardHook(pattern.IsMatch, hook, permanent);
+
+    private HookHandle AddBackwardHooks(IReadOnlyList<HookPoint> points, BackwardHook hook, bool permanent)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        foreach (var hp in points)
+            if (!IsEnabled(hp))
+                throw new InvalidOperationException($"hook point '{hp.Name}' fires only with {hp.SwitchName}; turn it on in Config first");
+        var entries = new List<(HookPoint, Action)>();
+        try
+        {
+            foreach (var hp in points)
+            {
+                var r = hp.AddBackward(hook, permanent);
+                entries.Add((hp, () => hp.Remove(r)));
+            }
+        }
+        catch
+        {
+            foreach (var (_, remove) in entries) remove();
+            throw;
+        }
+        return new HookHandle(entries);
     }
 
     /// <summary>Adds several hooks and removes them all when the returned scope is disposed: <c>using (bridge.Hooks(("hook_embed", h))) { ... }</c>.</summary>
-    public IDisposable Hooks(params (string Name, ForwardHook Hook)[] hooks)
+    public IDisposable Hooks(params (string Name, ForwardHook Hook)[] hooks) => Hooks(hooks, []);
+
+    /// <summary>Adds forward and backward hooks and removes them all when the returned scope is disposed.</summary>
+    public IDisposable Hooks(IEnumerable<(string Name, ForwardHook Hook)> forward, IEnumerable<(string Name, BackwardHook Hook)> backward)
     {
         var handles = new List<HookHandle>();
         try
         {
-            foreach (var (name, hook) in hooks) handles.Add(AddHook(name, hook));
+            foreach (var (name, hook) in forward) handles.Add(AddHook(name, hook));
+            foreach (var (name, hook) in backward) handles.Add(AddBackwardHook(name, hook));
         }
         catch
         {
@@ -222,7 +267,16 @@ public sealed partial class TransformerBridge : IDisposable
     }
 
     /// <summary>Runs the model with hooks recording activations; returns logits and the cache (dispose both).</summary>
-    public (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter = null, Tensor? attentionMask = null)
+    public (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter = null, Tensor? attentionMask = null) =>
+        RunWithCache(tokens, namesFilter, attentionMask, backwardObjective: null);
+
+    /// <summary>
+    /// Runs the model recording activations and, when <paramref name="backwardObjective"/> is given, backpropagates
+    /// the scalar it computes from the logits and records the gradient at every selected hook point under
+    /// <c>&lt;name&gt;_grad</c> (TransformerLens's <c>incl_bwd</c>). Parameter gradients accumulate in <c>.Grad</c> as usual.
+    /// </summary>
+    public (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter, Tensor? attentionMask,
+        Func<Tensor, Tensor>? backwardObjective)
     {
         var cache = new ActivationCache(Config.Clone());
         var points = _hooks.Values.Where(h => IsEnabled(h) && (namesFilter is null || namesFilter(h.Name))).ToList();
@@ -231,9 +285,22 @@ public sealed partial class TransformerBridge : IDisposable
             cache.Store(hp.Name, activation.Detach());
             return null;
         }, permanent: false);
+        using var backwardHandle = backwardObjective is null
+            ? null
+            : AddBackwardHooks(points.Where(p => p.IsDifferentiable).ToList(), (gradient, hp) =>
+            {
+                cache.Store(hp.Name + "_grad", gradient.Detach());
+                return null;
+            }, permanent: false);
         try
         {
-            return (Forward(tokens, attentionMask), cache);
+            var logits = Forward(tokens, attentionMask);
+            if (backwardObjective is not null)
+            {
+                using var scope = Torch.NewScope();
+                backwardObjective(logits).Backward();
+            }
+            return (logits, cache);
         }
         catch
         {
