@@ -4,45 +4,8 @@ namespace SharpLens;
 
 public sealed partial class TransformerBridge
 {
-    /// <summary>The hook points of one block, created in TransformerLens order.</summary>
-    private sealed class BlockHooks
-    {
-        public readonly HookPoint ResidPre, Ln1Scale, Ln1Normalized, QInput, KInput, VInput, AttnIn, Q, K, V, RotQ, RotK,
-            AttnScores, Pattern, Z, Result, AttnOut, ResidMid, MlpIn, Ln2Scale, Ln2Normalized, MlpPre, MlpPost, MlpOut, ResidPost;
-
-        public BlockHooks(TransformerBridge b, int i)
-        {
-            var p = $"blocks.{i}.";
-            ResidPre = b.NewHook(p + "hook_resid_pre");
-            Ln1Scale = b.NewHook(p + "ln1.hook_scale");
-            Ln1Normalized = b.NewHook(p + "ln1.hook_normalized");
-            QInput = b.NewHook(p + "hook_q_input", c => c.UseSplitQkvInput, nameof(TransformerConfig.UseSplitQkvInput));
-            KInput = b.NewHook(p + "hook_k_input", c => c.UseSplitQkvInput, nameof(TransformerConfig.UseSplitQkvInput));
-            VInput = b.NewHook(p + "hook_v_input", c => c.UseSplitQkvInput, nameof(TransformerConfig.UseSplitQkvInput));
-            AttnIn = b.NewHook(p + "hook_attn_in", c => c.UseAttnIn && !c.UseSplitQkvInput, nameof(TransformerConfig.UseAttnIn));
-            Q = b.NewHook(p + "attn.hook_q");
-            K = b.NewHook(p + "attn.hook_k");
-            V = b.NewHook(p + "attn.hook_v");
-            RotQ = b.NewHook(p + "attn.hook_rot_q", c => c.Positional == PositionalEmbedding.Rotary, "rotary embeddings");
-            RotK = b.NewHook(p + "attn.hook_rot_k", c => c.Positional == PositionalEmbedding.Rotary, "rotary embeddings");
-            AttnScores = b.NewHook(p + "attn.hook_attn_scores");
-            Pattern = b.NewHook(p + "attn.hook_pattern");
-            Z = b.NewHook(p + "attn.hook_z");
-            Result = b.NewHook(p + "attn.hook_result", c => c.UseAttnResult, nameof(TransformerConfig.UseAttnResult));
-            AttnOut = b.NewHook(p + "hook_attn_out");
-            ResidMid = b.NewHook(p + "hook_resid_mid", c => !c.ParallelAttnMlp, "a sequential residual (not parallel attention and MLP)");
-            MlpIn = b.NewHook(p + "hook_mlp_in", c => c.UseHookMlpIn, nameof(TransformerConfig.UseHookMlpIn));
-            Ln2Scale = b.NewHook(p + "ln2.hook_scale");
-            Ln2Normalized = b.NewHook(p + "ln2.hook_normalized");
-            MlpPre = b.NewHook(p + "mlp.hook_pre");
-            MlpPost = b.NewHook(p + "mlp.hook_post");
-            MlpOut = b.NewHook(p + "hook_mlp_out");
-            ResidPost = b.NewHook(p + "hook_resid_post");
-        }
-    }
-
     /// <summary>The forward pass; every tensor it creates lands in the caller's scope.</summary>
-    private Tensor RunModel(Tensor tokens, Tensor? attentionMask)
+    protected override Tensor RunModel(Tensor tokens, Tensor? attentionMask)
     {
         ValidateInputs(tokens, attentionMask);
         if (Config.UseHookTokens) tokens = _hookTokens.Fire(tokens);
@@ -64,44 +27,6 @@ public sealed partial class TransformerBridge
         var logits = normed.Matmul(Parameter(_spec.Unembed).Transpose(0, 1));
         if (_spec.UnembedBias is { } ub) logits = logits + Parameter(ub);
         return logits;
-    }
-
-    private void ValidateInputs(Tensor tokens, Tensor? attentionMask)
-    {
-        if (tokens.Dim != 2 || tokens.DType != ScalarType.Int64)
-            throw new ArgumentException($"tokens must be int64 [batch, pos], got {tokens.DType.ToTorchName()} {Tensor.FormatShape(tokens.Shape)}");
-        if (tokens.Size(1) > Config.NCtx)
-            throw new ArgumentException($"{tokens.Size(1)} positions exceed the model's context of {Config.NCtx}");
-        if (tokens.NumEl > 0)
-        {
-            using var lo = tokens.Min();
-            using var hi = tokens.Max();
-            if (lo.ToInt64() < 0 || hi.ToInt64() >= Config.DVocab)
-                throw new ArgumentException($"token ids must lie in [0, {Config.DVocab}), got values from {lo.ToInt64()} to {hi.ToInt64()}");
-        }
-        if (attentionMask is not null && !attentionMask.Shape.SequenceEqual(tokens.Shape))
-            throw new ArgumentException($"attention mask has shape {Tensor.FormatShape(attentionMask.Shape)} but tokens have {Tensor.FormatShape(tokens.Shape)}");
-    }
-
-    /// <summary>Position ids: 0..pos-1, or with a mask the count of real tokens before each one (so left padding does not shift positions).</summary>
-    private static Tensor Positions(long batch, long pos, Tensor? attentionMask)
-    {
-        if (attentionMask is null) return Torch.Arange(pos).Unsqueeze(0).Expand(batch, pos).Contiguous();
-        using var asLong = attentionMask.To(Device.CPU, ScalarType.Int64);
-        var mask = asLong.ToArray<long>();
-        var ids = new long[mask.Length];
-        for (long b = 0; b < batch; b++)
-        {
-            long seen = 0;
-            for (long p = 0; p < pos; p++)
-            {
-                var k = b * pos + p;
-                ids[k] = Math.Max(0, seen + mask[k] - 1);
-                seen += mask[k] != 0 ? 1 : 0;
-            }
-        }
-        using var cpu = Torch.FromArray(ids, batch, pos);
-        return cpu.To(attentionMask.Device);
     }
 
     /// <summary>

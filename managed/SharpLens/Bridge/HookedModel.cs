@@ -1,0 +1,323 @@
+using System.Text.RegularExpressions;
+
+namespace SharpLens;
+
+/// <summary>
+/// What every hooked model shares: the TransformerLens hook points, forward and backward hooks, caching,
+/// and the loss. <see cref="TransformerBridge"/> (over HF weights) and <see cref="HookedTransformer"/>
+/// (over TL-layout weights) derive from it with independent forward passes, so the verification suite
+/// can compare them hook by hook.
+/// </summary>
+public abstract class HookedModel : IDisposable
+{
+    private readonly Dictionary<string, HookPoint> _hooks = new();
+    private protected readonly HookPoint _hookEmbed, _hookPosEmbed, _hookTokens, _lnFinalScale, _lnFinalNormalized;
+    private protected readonly BlockHooks[] _blocks;
+
+    /// <summary>Creates every hook point of a model with this configuration, in TransformerLens order.</summary>
+    protected HookedModel(TransformerConfig config)
+    {
+        Config = config;
+        _hookTokens = NewHook("hook_tokens", c => c.UseHookTokens, nameof(TransformerConfig.UseHookTokens), differentiable: false);
+        _hookEmbed = NewHook("hook_embed");
+        _hookPosEmbed = NewHook("hook_pos_embed", c => c.Positional == PositionalEmbedding.Learned, "a learned positional embedding");
+        _blocks = Enumerable.Range(0, config.NLayers).Select(i => new BlockHooks(this, i)).ToArray();
+        _lnFinalScale = NewHook("ln_final.hook_scale");
+        _lnFinalNormalized = NewHook("ln_final.hook_normalized");
+    }
+
+    /// <summary>The model's configuration, including the switches for optional hook points.</summary>
+    public TransformerConfig Config { get; }
+
+    /// <summary>The hook points of one block, created in TransformerLens order.</summary>
+    protected sealed class BlockHooks
+    {
+        public readonly HookPoint ResidPre, Ln1Scale, Ln1Normalized, QInput, KInput, VInput, AttnIn, Q, K, V, RotQ, RotK,
+            AttnScores, Pattern, Z, Result, AttnOut, ResidMid, MlpIn, Ln2Scale, Ln2Normalized, MlpPre, MlpPost, MlpOut, ResidPost;
+
+        public BlockHooks(HookedModel b, int i)
+        {
+            var p = $"blocks.{i}.";
+            ResidPre = b.NewHook(p + "hook_resid_pre");
+            Ln1Scale = b.NewHook(p + "ln1.hook_scale");
+            Ln1Normalized = b.NewHook(p + "ln1.hook_normalized");
+            QInput = b.NewHook(p + "hook_q_input", c => c.UseSplitQkvInput, nameof(TransformerConfig.UseSplitQkvInput));
+            KInput = b.NewHook(p + "hook_k_input", c => c.UseSplitQkvInput, nameof(TransformerConfig.UseSplitQkvInput));
+            VInput = b.NewHook(p + "hook_v_input", c => c.UseSplitQkvInput, nameof(TransformerConfig.UseSplitQkvInput));
+            AttnIn = b.NewHook(p + "hook_attn_in", c => c.UseAttnIn && !c.UseSplitQkvInput, nameof(TransformerConfig.UseAttnIn));
+            Q = b.NewHook(p + "attn.hook_q");
+            K = b.NewHook(p + "attn.hook_k");
+            V = b.NewHook(p + "attn.hook_v");
+            RotQ = b.NewHook(p + "attn.hook_rot_q", c => c.Positional == PositionalEmbedding.Rotary, "rotary embeddings");
+            RotK = b.NewHook(p + "attn.hook_rot_k", c => c.Positional == PositionalEmbedding.Rotary, "rotary embeddings");
+            AttnScores = b.NewHook(p + "attn.hook_attn_scores");
+            Pattern = b.NewHook(p + "attn.hook_pattern");
+            Z = b.NewHook(p + "attn.hook_z");
+            Result = b.NewHook(p + "attn.hook_result", c => c.UseAttnResult, nameof(TransformerConfig.UseAttnResult));
+            AttnOut = b.NewHook(p + "hook_attn_out");
+            ResidMid = b.NewHook(p + "hook_resid_mid", c => !c.ParallelAttnMlp, "a sequential residual (not parallel attention and MLP)");
+            MlpIn = b.NewHook(p + "hook_mlp_in", c => c.UseHookMlpIn, nameof(TransformerConfig.UseHookMlpIn));
+            Ln2Scale = b.NewHook(p + "ln2.hook_scale");
+            Ln2Normalized = b.NewHook(p + "ln2.hook_normalized");
+            MlpPre = b.NewHook(p + "mlp.hook_pre");
+            MlpPost = b.NewHook(p + "mlp.hook_post");
+            MlpOut = b.NewHook(p + "hook_mlp_out");
+            ResidPost = b.NewHook(p + "hook_resid_post");
+        }
+    }
+
+    // ------------------------------------------------------------------ hooks
+
+    /// <summary>Every hook point by TransformerLens name (optional ones included; they fire when their switch is on).</summary>
+    public IReadOnlyDictionary<string, HookPoint> HookDict => _hooks;
+
+    protected HookPoint NewHook(string name, Func<TransformerConfig, bool>? enabledWhen = null, string? switchName = null, bool differentiable = true)
+    {
+        var hp = new HookPoint(name, enabledWhen, switchName, differentiable);
+        _hooks.Add(name, hp);
+        return hp;
+    }
+
+    protected HookPoint Hook(string name) =>
+        _hooks.TryGetValue(name, out var hp)
+            ? hp
+            : throw new KeyNotFoundException($"no hook point '{name}' in this {Config.ModelType} model (see HookDict for the {_hooks.Count} names)");
+
+    /// <summary>Adds a forward hook by hook-point name. Permanent hooks survive <see cref="ResetHooks"/>.</summary>
+    public HookHandle AddHook(string name, ForwardHook hook, bool permanent = false) => AddHooks([Hook(name)], hook, permanent);
+
+    /// <summary>Adds a forward hook to every hook point whose name satisfies <paramref name="filter"/>.</summary>
+    public HookHandle AddHook(Func<string, bool> filter, ForwardHook hook, bool permanent = false) =>
+        AddHooks(_hooks.Values.Where(h => filter(h.Name) && IsEnabled(h)).ToList(), hook, permanent);
+
+    /// <summary>Adds a forward hook to every hook point whose name matches <paramref name="pattern"/>.</summary>
+    public HookHandle AddHook(Regex pattern, ForwardHook hook, bool permanent = false) => AddHook(pattern.IsMatch, hook, permanent);
+
+    private bool IsEnabled(HookPoint hp) => hp.EnabledWhen is null || hp.EnabledWhen(Config);
+
+    private HookHandle AddHooks(IReadOnlyList<HookPoint> points, ForwardHook hook, bool permanent)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        foreach (var hp in points)
+            if (!IsEnabled(hp))
+                throw new InvalidOperationException($"hook point '{hp.Name}' fires only with {hp.SwitchName}; turn it on in Config first");
+        return new HookHandle(points.Select(hp =>
+        {
+            var r = hp.Add(hook, permanent);
+            return (hp, (Action)(() => hp.Remove(r)));
+        }).ToList());
+    }
+
+    /// <summary>
+    /// Adds a backward hook by hook-point name: it receives the gradient of whatever objective is
+    /// backpropagated w.r.t. that activation and may return a replacement. Hooks on one point run in
+    /// registration order. Integer hook points (hook_tokens) refuse backward hooks.
+    /// </summary>
+    public HookHandle AddBackwardHook(string name, BackwardHook hook, bool permanent = false) => AddBackwardHooks([Hook(name)], hook, permanent);
+
+    /// <summary>Adds a backward hook to every enabled, differentiable hook point whose name satisfies <paramref name="filter"/>.</summary>
+    public HookHandle AddBackwardHook(Func<string, bool> filter, BackwardHook hook, bool permanent = false) =>
+        AddBackwardHooks(_hooks.Values.Where(h => filter(h.Name) && IsEnabled(h) && h.IsDifferentiable).ToList(), hook, permanent);
+
+    /// <summary>Adds a backward hook to every enabled, differentiable hook point whose name matches <paramref name="pattern"/>.</summary>
+    public HookHandle AddBackwardHook(Regex pattern, BackwardHook hook, bool permanent = false) => AddBackwardHook(pattern.IsMatch, hook, permanent);
+
+    private HookHandle AddBackwardHooks(IReadOnlyList<HookPoint> points, BackwardHook hook, bool permanent)
+    {
+        ArgumentNullException.ThrowIfNull(hook);
+        foreach (var hp in points)
+            if (!IsEnabled(hp))
+                throw new InvalidOperationException($"hook point '{hp.Name}' fires only with {hp.SwitchName}; turn it on in Config first");
+        var entries = new List<(HookPoint, Action)>();
+        try
+        {
+            foreach (var hp in points)
+            {
+                var r = hp.AddBackward(hook, permanent);
+                entries.Add((hp, () => hp.Remove(r)));
+            }
+        }
+        catch
+        {
+            foreach (var (_, remove) in entries) remove();
+            throw;
+        }
+        return new HookHandle(entries);
+    }
+
+    /// <summary>Adds several hooks and removes them all when the returned scope is disposed: <c>using (bridge.Hooks(("hook_embed", h))) { ... }</c>.</summary>
+    public IDisposable Hooks(params (string Name, ForwardHook Hook)[] hooks) => Hooks(hooks, []);
+
+    /// <summary>Adds forward and backward hooks and removes them all when the returned scope is disposed.</summary>
+    public IDisposable Hooks(IEnumerable<(string Name, ForwardHook Hook)> forward, IEnumerable<(string Name, BackwardHook Hook)> backward)
+    {
+        var handles = new List<HookHandle>();
+        try
+        {
+            foreach (var (name, hook) in forward) handles.Add(AddHook(name, hook));
+            foreach (var (name, hook) in backward) handles.Add(AddBackwardHook(name, hook));
+        }
+        catch
+        {
+            foreach (var h in handles) h.Dispose();
+            throw;
+        }
+        return new CompositeDisposable(handles);
+    }
+
+    /// <summary>Removes every hook except permanent ones (or all, with <paramref name="includingPermanent"/>).</summary>
+    public void ResetHooks(bool includingPermanent = false)
+    {
+        foreach (var hp in _hooks.Values) hp.Reset(includingPermanent);
+    }
+
+    private sealed class CompositeDisposable(List<HookHandle> handles) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var h in handles) h.Dispose();
+        }
+    }
+
+    // ------------------------------------------------------------------ running
+
+    /// <summary>The forward pass proper; every tensor it creates lands in the caller's scope.</summary>
+    protected abstract Tensor RunModel(Tensor tokens, Tensor? attentionMask);
+
+    /// <summary>Logits [batch, pos, vocab] for int64 token ids [batch, pos]; <paramref name="attentionMask"/> [batch, pos] marks real tokens with 1.</summary>
+    public Tensor Forward(Tensor tokens, Tensor? attentionMask = null)
+    {
+        var outer = DisposeScope.Current;
+        using var scope = Torch.NewScope();
+        var logits = RunModel(tokens, attentionMask);
+        return outer is null ? logits.DetachFromScope() : logits.MoveToOuterScope();
+    }
+
+    /// <summary>
+    /// Mean next-token cross-entropy as HuggingFace computes it; with a mask, predictions from or of padding
+    /// are skipped. Per token [batch, pos - 1] with <paramref name="perToken"/> (skipped entries give 0).
+    /// </summary>
+    public Tensor Loss(Tensor tokens, Tensor? attentionMask = null, bool perToken = false)
+    {
+        var outer = DisposeScope.Current;
+        using var scope = Torch.NewScope();
+        var logits = RunModel(tokens, attentionMask);
+        var loss = LossFromLogits(logits, tokens, attentionMask, perToken);
+        return outer is null ? loss.DetachFromScope() : loss.MoveToOuterScope();
+    }
+
+    /// <summary>Next-token cross-entropy of given logits (see <see cref="Loss"/>).</summary>
+    public static Tensor LossFromLogits(Tensor logits, Tensor tokens, Tensor? attentionMask = null, bool perToken = false)
+    {
+        var (batch, pos, vocab) = (logits.Size(0), logits.Size(1), logits.Size(2));
+        if (pos < 2) throw new ArgumentException($"a next-token loss needs at least 2 positions, got {pos}");
+        using var scope = Torch.NewScope();
+        var predictions = logits.Narrow(1, 0, pos - 1).Reshape(-1, vocab);
+        var targets = tokens.Narrow(1, 1, pos - 1).Reshape(-1);
+        var perPosition = Functional.CrossEntropy(predictions, targets, reduction: Reduction.None).View(batch, pos - 1);
+        Tensor result;
+        if (attentionMask is null)
+        {
+            result = perToken ? perPosition : perPosition.Mean();
+        }
+        else
+        {
+            // A prediction counts only when both the predicting and the predicted token are real: with left
+            // padding, the pad before the first real token must not "predict" it.
+            var valid = attentionMask.Narrow(1, 1, pos - 1).Ne(0).LogicalAnd(attentionMask.Narrow(1, 0, pos - 1).Ne(0)).To(perPosition.DType);
+            var masked = perPosition * valid;
+            result = perToken ? masked : masked.Sum() / valid.Sum();
+        }
+        return result.MoveToOuterScope();
+    }
+
+    /// <summary>Runs the model with hooks recording activations; returns logits and the cache (dispose both).</summary>
+    public (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter = null, Tensor? attentionMask = null) =>
+        RunWithCache(tokens, namesFilter, attentionMask, backwardObjective: null);
+
+    /// <summary>
+    /// Runs the model recording activations and, when <paramref name="backwardObjective"/> is given, backpropagates
+    /// the scalar it computes from the logits and records the gradient at every selected hook point under
+    /// <c>&lt;name&gt;_grad</c> (TransformerLens's <c>incl_bwd</c>). Parameter gradients accumulate in <c>.Grad</c> as usual.
+    /// </summary>
+    public (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter, Tensor? attentionMask,
+        Func<Tensor, Tensor>? backwardObjective)
+    {
+        var cache = new ActivationCache(Config.Clone());
+        var points = _hooks.Values.Where(h => IsEnabled(h) && (namesFilter is null || namesFilter(h.Name))).ToList();
+        using var handle = AddHooks(points, (activation, hp) =>
+        {
+            cache.Store(hp.Name, activation.Detach());
+            return null;
+        }, permanent: false);
+        using var backwardHandle = backwardObjective is null
+            ? null
+            : AddBackwardHooks(points.Where(p => p.IsDifferentiable).ToList(), (gradient, hp) =>
+            {
+                cache.Store(hp.Name + "_grad", gradient.Detach());
+                return null;
+            }, permanent: false);
+        try
+        {
+            var logits = Forward(tokens, attentionMask);
+            if (backwardObjective is not null)
+            {
+                using var scope = Torch.NewScope();
+                backwardObjective(logits).Backward();
+            }
+            return (logits, cache);
+        }
+        catch
+        {
+            cache.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Runs the model with extra hooks that are removed afterwards; returns logits.</summary>
+    public Tensor RunWithHooks(Tensor tokens, IEnumerable<(string Name, ForwardHook Hook)> hooks, Tensor? attentionMask = null)
+    {
+        using (Hooks(hooks.ToArray())) return Forward(tokens, attentionMask);
+    }
+
+    protected void ValidateInputs(Tensor tokens, Tensor? attentionMask)
+    {
+        if (tokens.Dim != 2 || tokens.DType != ScalarType.Int64)
+            throw new ArgumentException($"tokens must be int64 [batch, pos], got {tokens.DType.ToTorchName()} {Tensor.FormatShape(tokens.Shape)}");
+        if (tokens.Size(1) > Config.NCtx)
+            throw new ArgumentException($"{tokens.Size(1)} positions exceed the model's context of {Config.NCtx}");
+        if (tokens.NumEl > 0)
+        {
+            using var lo = tokens.Min();
+            using var hi = tokens.Max();
+            if (lo.ToInt64() < 0 || hi.ToInt64() >= Config.DVocab)
+                throw new ArgumentException($"token ids must lie in [0, {Config.DVocab}), got values from {lo.ToInt64()} to {hi.ToInt64()}");
+        }
+        if (attentionMask is not null && !attentionMask.Shape.SequenceEqual(tokens.Shape))
+            throw new ArgumentException($"attention mask has shape {Tensor.FormatShape(attentionMask.Shape)} but tokens have {Tensor.FormatShape(tokens.Shape)}");
+    }
+
+    /// <summary>Position ids: 0..pos-1, or with a mask the count of real tokens before each one (so left padding does not shift positions).</summary>
+    protected static Tensor Positions(long batch, long pos, Tensor? attentionMask)
+    {
+        if (attentionMask is null) return Torch.Arange(pos).Unsqueeze(0).Expand(batch, pos).Contiguous();
+        using var asLong = attentionMask.To(Device.CPU, ScalarType.Int64);
+        var mask = asLong.ToArray<long>();
+        var ids = new long[mask.Length];
+        for (long b = 0; b < batch; b++)
+        {
+            long seen = 0;
+            for (long p = 0; p < pos; p++)
+            {
+                var k = b * pos + p;
+                ids[k] = Math.Max(0, seen + mask[k] - 1);
+                seen += mask[k] != 0 ? 1 : 0;
+            }
+        }
+        using var cpu = Torch.FromArray(ids, batch, pos);
+        return cpu.To(attentionMask.Device);
+    }
+
+    /// <summary>Releases the model's weights.</summary>
+    public abstract void Dispose();
+}
