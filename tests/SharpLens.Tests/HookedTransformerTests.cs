@@ -1,0 +1,118 @@
+using SharpLens.Reference;
+using SharpLens.Tensors.IO;
+
+namespace SharpLens.Tests;
+
+/// <summary>The reference HookedTransformer against TransformerLens (fixtures), and its weight processing.</summary>
+[TestFixture("tiny-gpt2")]
+[TestFixture("tiny-pythia")]
+public class HookedTransformerTests(string model)
+{
+    private Dictionary<string, Tensor> _reference = null!;
+    private Tensor Tokens => _reference["input_ids"];
+
+    [OneTimeSetUp]
+    public void LoadReference() => _reference = SafeTensors.Load(Path.Combine(Fixtures.Path(model), "reference.safetensors"));
+
+    [OneTimeTearDown]
+    public void Free()
+    {
+        foreach (var t in _reference.Values) t.Dispose();
+    }
+
+    private static double Diff(Tensor expected, Tensor actual)
+    {
+        Assert.That(actual.Shape, Is.EqualTo(expected.Shape));
+        var e = expected.To(ScalarType.Float64);
+        var a = actual.To(ScalarType.Float64);
+        var bothInf = e.IsFinite().LogicalNot().LogicalAnd(e.Eq(a));
+        return (e - a).Abs().MaskedFill(bothInf, 0).Max().ToDouble();
+    }
+
+    [Test]
+    public void LogitsActivationsAndHookGradientsMatchTransformerLens()
+    {
+        using var ht = HookedTransformer.FromDirectory(Fixtures.Path(model), new BridgeOptions { AllOptionalHooks = false });
+        using var scope = Torch.NewScope();
+        var (logits, cache) = ht.RunWithCache(Tokens, null, null, l => l.Select(1, -1).Sum());
+        using (cache)
+        {
+            Assert.Multiple(() =>
+            {
+                Assert.That(Diff(_reference["logits"], logits), Is.LessThan(1e-4), "logits");
+                foreach (var key in _reference.Keys.Where(k => k.StartsWith("act.")))
+                {
+                    var name = key[4..];
+                    if (!cache.ContainsKey(name)) continue;  // optional hooks are checked below
+                    Assert.That(Diff(_reference[key], cache[name]), Is.LessThan(1e-4), name);
+                }
+                foreach (var key in _reference.Keys.Where(k => k.StartsWith("grad.last_logits_sum.") && !k.Contains(".param.")))
+                {
+                    var name = key["grad.last_logits_sum.".Length..];
+                    var magnitude = Math.Max(1, _reference[key].Abs().Max().ToDouble());
+                    Assert.That(Diff(_reference[key], cache[name + "_grad"]), Is.LessThan(1e-4 * magnitude), name + " gradient");
+                }
+            });
+        }
+    }
+
+    [Test]
+    public void OptionalHooksMatchTransformerLens()
+    {
+        using var ht = HookedTransformer.FromDirectory(Fixtures.Path(model), new BridgeOptions { AllOptionalHooks = true });
+        using var scope = Torch.NewScope();
+        string[] optional = ["attn.hook_result", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in"];
+        var (logits, cache) = ht.RunWithCache(Tokens, n => optional.Any(n.EndsWith));
+        using (cache)
+        {
+            Assert.That(Diff(_reference["logits"], logits), Is.LessThan(1e-4));
+            foreach (var name in cache.Keys) Assert.That(Diff(_reference["act." + name], cache[name]), Is.LessThan(1e-4), name);
+            Assert.That(cache.Count, Is.EqualTo(optional.Length * 2));
+        }
+    }
+
+    [Test]
+    public void DefaultProcessingMatchesTransformerLens()
+    {
+        using var ht = HookedTransformer.FromDirectory(Fixtures.Path(model), processing: WeightProcessing.Default);
+        using var scope = Torch.NewScope();
+        var expected = _reference.Keys.Where(k => k.StartsWith("tl_processed.") && !k.Contains("rotary_")).Select(k => k["tl_processed.".Length..]).ToList();
+        Assert.That(ht.NamedParameters().Select(p => p.Name), Is.EquivalentTo(expected), "LayerNorm weights are gone once folded");
+        Assert.Multiple(() =>
+        {
+            foreach (var name in expected) Assert.That(Diff(_reference["tl_processed." + name], ht.W(name)), Is.LessThan(1e-5), name);
+            Assert.That(Diff(_reference["processed.logits"], ht.Forward(Tokens)), Is.LessThan(1e-4), "processed logits");
+        });
+    }
+
+    private static readonly WeightProcessing[] Options =
+    [
+        new() { FoldLn = true },
+        new() { FoldLn = true, CenterWritingWeights = true },
+        new() { CenterUnembed = true },
+        new() { FoldValueBiases = true },
+        WeightProcessing.Default,
+    ];
+
+    [TestCaseSource(nameof(Options))]
+    public void EachProcessingIsExactInFloat64(WeightProcessing processing)
+    {
+        var options = new BridgeOptions { DType = ScalarType.Float64 };
+        using var plain = HookedTransformer.FromDirectory(Fixtures.Path(model), options);
+        using var processed = HookedTransformer.FromDirectory(Fixtures.Path(model), options, processing);
+        using var scope = Torch.NewScope();
+        // Centering the unembedding shifts each position's logits by a constant: compare log-probabilities.
+        var a = plain.Forward(Tokens).LogSoftmax(-1);
+        var b = processed.Forward(Tokens).LogSoftmax(-1);
+        Assert.That((a - b).Abs().Max().ToDouble(), Is.LessThan(1e-10));
+        if (!processing.CenterUnembed)
+            Assert.That((plain.Forward(Tokens) - processed.Forward(Tokens)).Abs().Max().ToDouble(), Is.LessThan(1e-10), "raw logits unchanged");
+    }
+
+    [Test]
+    public void CenteringWithoutFoldingIsRefused()
+    {
+        var ex = Assert.Throws<ArgumentException>(() => HookedTransformer.FromDirectory(Fixtures.Path(model), processing: new WeightProcessing { CenterWritingWeights = true }));
+        Assert.That(ex!.Message, Does.Contain("FoldLn"));
+    }
+}
