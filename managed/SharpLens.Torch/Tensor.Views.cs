@@ -148,7 +148,8 @@ public readonly struct TensorIndex
         if (consuming > source.Dim)
             throw new ArgumentException($"too many indices ({consuming}) for a tensor of {source.Dim} dimensions");
         var current = source.Alias();
-        long dim = 0;
+        long dim = 0;        // position in the tensor being built
+        long sourceDim = 0;  // the dimension of the source tensor the next index refers to
         try
         {
             foreach (var idx in indices)
@@ -161,8 +162,9 @@ public readonly struct TensorIndex
                         var size = current.Size(dim);
                         var pos = Resolve(idx._index, size);
                         if (pos < 0 || pos >= size)
-                            throw new IndexOutOfRangeException($"index {idx._index} is out of range for dimension {dim} of size {size}");
+                            throw new IndexOutOfRangeException($"index {idx._index} is out of range for dimension {sourceDim} of size {size}");
                         next = current.Select(dim, pos);
+                        sourceDim++;
                         break;
                     }
                     case Kind.Range:
@@ -172,6 +174,7 @@ public readonly struct TensorIndex
                         var end = Math.Clamp(Resolve(idx._range.End, size), start, size);
                         next = current.Slice(dim, start, end);
                         dim++;
+                        sourceDim++;
                         break;
                     }
                     case Kind.NewAxis:
@@ -179,7 +182,9 @@ public readonly struct TensorIndex
                         dim++;
                         break;
                     default:
-                        dim += current.Dim - dim - (consuming - CountConsumedBefore(indices, idx));
+                        var skipped = current.Dim - dim - (consuming - CountConsumedBefore(indices, idx));
+                        dim += skipped;
+                        sourceDim += skipped;
                         continue;
                 }
                 current.Dispose();

@@ -240,8 +240,8 @@ public sealed unsafe partial class Tensor : IDisposable
         return v;
     }
 
-    /// <summary>The value of a one-element tensor as a bool.</summary>
-    public bool ToBoolean() => ToInt64() != 0;
+    /// <summary>The value of a one-element tensor as a bool (non-zero, NaN included, is true, as Python's bool()).</summary>
+    public bool ToBoolean() => ToDouble() != 0;
 
     // ------------------------------------------------------------------ conversion
 
@@ -273,8 +273,8 @@ public sealed unsafe partial class Tensor : IDisposable
         sb.Append(')');
         const int shown = 6;
         var n = NumEl;
-        var head = n <= shown ? this.Flatten() : this.Flatten().Narrow(0, 0, shown);
-        using (head)
+        using var flat = this.Flatten();
+        using var head = n <= shown ? flat.Alias() : flat.Narrow(0, 0, shown);
         using (var asDouble = head.DType == ScalarType.Bool ? head.To(ScalarType.Byte) : head.To(ScalarType.Float64))
         {
             var values = asDouble.DType == ScalarType.Byte

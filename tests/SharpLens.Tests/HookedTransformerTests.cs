@@ -77,7 +77,7 @@ public class HookedTransformerTests(string model)
         using var ht = HookedTransformer.FromDirectory(Fixtures.Path(model), processing: WeightProcessing.Default);
         using var scope = Torch.NewScope();
         var expected = _reference.Keys.Where(k => k.StartsWith("tl_processed.") && !k.Contains("rotary_")).Select(k => k["tl_processed.".Length..]).ToList();
-        Assert.That(ht.NamedParameters().Select(p => p.Name), Is.EquivalentTo(expected), "LayerNorm weights are gone once folded");
+        Assert.That(ht.NamedWeights().Select(p => p.Name), Is.EquivalentTo(expected), "LayerNorm weights are gone once folded");
         Assert.Multiple(() =>
         {
             foreach (var name in expected) Assert.That(Diff(_reference["tl_processed." + name], ht.W(name)), Is.LessThan(1e-5), name);

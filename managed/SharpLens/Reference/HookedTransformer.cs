@@ -18,7 +18,14 @@ public sealed class HookedTransformer : HookedModel
     {
         _weights = weights;
         Processing = processing;
+        // A tied model stays tied (W_U is W_Eᵀ, one leaf), so optimizer steps match the bridge's. Processing
+        // changes W_U on its own, which unties it, as in TransformerLens.
+        TiedEmbeddings = config.TiedEmbeddings && !processing.Any;
+        if (TiedEmbeddings) _weights.Remove("unembed.W_U", out var untied).Then(untied);
     }
+
+    /// <summary>True when W_U is the transposed W_E leaf rather than a weight of its own.</summary>
+    public bool TiedEmbeddings { get; }
 
     /// <summary>A copy of a bridge's TL weights as independent leaves (float64 processing, then back to the bridge's dtype).</summary>
     public static HookedTransformer FromBridge(TransformerBridge bridge, WeightProcessing? processing = null)
@@ -27,6 +34,9 @@ public sealed class HookedTransformer : HookedModel
         if (processing.CenterWritingWeights && !processing.FoldLn)
             throw new ArgumentException("CenterWritingWeights needs FoldLn: without folding, the LayerNorm weights would see uncentred inputs differently");
         var weights = new Dictionary<string, Tensor>();
+        // Weights the HF model does not have (unembed.b_U) are constant zeros in the bridge; here they are
+        // buffers, so both models train the same parameters.
+        var buffers = bridge.Adapter.TlWeights(bridge.Config).Where(w => w.HfName is null).Select(w => w.TlName).ToHashSet();
         using (Torch.NoGrad())
         {
             foreach (var (name, w) in bridge.TlNamedParameters())
@@ -41,7 +51,7 @@ public sealed class HookedTransformer : HookedModel
         {
             var converted = weights[name].To(device, dtype, copy: true).DetachFromScope();
             weights[name].Dispose();
-            converted.RequiresGrad = true;
+            converted.RequiresGrad = !buffers.Contains(name);
             weights[name] = converted;
         }
         return new HookedTransformer(bridge.Config.Clone(), weights, processing);
@@ -57,15 +67,26 @@ public sealed class HookedTransformer : HookedModel
     /// <summary>The weight processing applied.</summary>
     public WeightProcessing Processing { get; }
 
-    /// <summary>The leaf weights by TransformerLens name (LayerNorm weights are absent once folded).</summary>
-    public IReadOnlyList<(string Name, Tensor Parameter)> NamedParameters() => _weights.Select(p => (p.Key, p.Value)).ToList();
+    /// <summary>
+    /// The trainable leaf weights by TransformerLens name: LayerNorm weights are absent once folded, a tied W_U
+    /// is not a leaf, and weights the HF model lacks (unembed.b_U) are buffers (see <see cref="NamedWeights"/>).
+    /// </summary>
+    public IReadOnlyList<(string Name, Tensor Parameter)> NamedParameters() =>
+        _weights.Where(p => p.Value.RequiresGrad).Select(p => (p.Key, p.Value)).ToList();
 
-    /// <summary>The leaf weights.</summary>
-    public IReadOnlyList<Tensor> Parameters() => _weights.Values.ToList();
+    /// <summary>The trainable leaf weights (see <see cref="NamedParameters"/>).</summary>
+    public IReadOnlyList<Tensor> Parameters() => NamedParameters().Select(p => p.Parameter).ToList();
 
-    /// <summary>One weight by TransformerLens name.</summary>
-    public Tensor W(string name) =>
-        _weights.TryGetValue(name, out var t) ? t : throw new KeyNotFoundException($"the HookedTransformer has no weight '{name}'");
+    /// <summary>Every stored weight by TransformerLens name, buffers included (TransformerLens's state dict).</summary>
+    public IReadOnlyList<(string Name, Tensor Weight)> NamedWeights() => _weights.Select(p => (p.Key, p.Value)).ToList();
+
+    /// <summary>One weight by TransformerLens name (with tied embeddings, <c>unembed.W_U</c> is a transposed view of <c>embed.W_E</c>; dispose it).</summary>
+    public Tensor W(string name)
+    {
+        if (_weights.TryGetValue(name, out var t)) return t;
+        if (TiedEmbeddings && name == "unembed.W_U") return _weights["embed.W_E"].Transpose(0, 1);
+        throw new KeyNotFoundException($"the HookedTransformer has no weight '{name}'");
+    }
 
     private bool HasWeight(string name) => _weights.ContainsKey(name);
 

@@ -1,6 +1,8 @@
 // Tensor math exports: elementwise, reductions, linear algebra and neural-network functions.
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "common.h"
 
 using sl::get;
@@ -66,8 +68,16 @@ at::Tensor binary(int32_t op, const at::Tensor& a, const at::Tensor& b) {
   }
 }
 
+// A double that holds an integer becomes an integer Scalar for integer tensors, so int64 + 2 stays int64
+// (as PyTorch's Python scalars do); anything else stays a floating Scalar.
+at::Scalar scalar_for(const at::Tensor& a, double s) {
+  if (!at::isFloatingType(a.scalar_type()) && std::isfinite(s) && std::floor(s) == s && std::fabs(s) < 9.2e18)
+    return at::Scalar(static_cast<int64_t>(s));
+  return at::Scalar(s);
+}
+
 at::Tensor binary_scalar(int32_t op, const at::Tensor& a, double s) {
-  const at::Scalar v(s);
+  const at::Scalar v = scalar_for(a, s);
   switch (op) {
     case SL_BINARY_ADD: return a.add(v);
     case SL_BINARY_SUB: return a.sub(v);
@@ -102,7 +112,7 @@ void binary_inplace(int32_t op, at::Tensor& a, const at::Tensor& b) {
 }
 
 void binary_scalar_inplace(int32_t op, at::Tensor& a, double s) {
-  const at::Scalar v(s);
+  const at::Scalar v = scalar_for(a, s);
   switch (op) {
     case SL_BINARY_ADD: a.add_(v); return;
     case SL_BINARY_SUB: a.sub_(v); return;

@@ -1,0 +1,119 @@
+using System.CommandLine;
+using System.CommandLine.Invocation;
+
+namespace SharpLens.Cli;
+
+/// <summary>
+/// The <c>lens</c> command line: <c>cache</c>, <c>params</c> and <c>train</c> over a HuggingFace model folder,
+/// writing safetensors files. Exit codes: 0 success, 1 a user error (printed as <c>error: &lt;message&gt;</c>),
+/// 2 an unexpected failure (its message and exception type).
+/// </summary>
+public static class Program
+{
+    /// <summary>Exit code of success.</summary>
+    public const int Success = 0;
+    /// <summary>Exit code of a user error: bad arguments, a bad model folder or tokens file, an unwritable output.</summary>
+    public const int UserError = 1;
+    /// <summary>Exit code of an unexpected failure.</summary>
+    public const int InternalError = 2;
+
+    /// <summary>The process entry point.</summary>
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+
+    /// <summary>Runs <c>lens</c> with <paramref name="args"/>, writing to the given streams; returns the exit code.</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        ArgumentNullException.ThrowIfNull(stdout);
+        ArgumentNullException.ThrowIfNull(stderr);
+        var context = new CliContext(stdout, stderr);
+        var root = BuildRootCommand(context);
+        ParseResult parsed;
+        try
+        {
+            parsed = root.Parse(args);
+        }
+        catch (Exception e)
+        {
+            return context.Fail(e);
+        }
+        if (parsed.Action is ParseErrorAction)
+        {
+            foreach (var error in parsed.Errors) stderr.WriteLine($"error: {error.Message}");
+            stderr.WriteLine($"run '{string.Join(' ', CommandPath(parsed))} --help' for usage");
+            stderr.Flush();
+            return UserError;
+        }
+        var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
+        try
+        {
+            return parsed.Invoke(config);
+        }
+        catch (Exception e)
+        {
+            return context.Fail(e);
+        }
+        finally
+        {
+            stdout.Flush();
+            stderr.Flush();
+        }
+    }
+
+    private static IEnumerable<string> CommandPath(ParseResult parsed)
+    {
+        var names = new List<string>();
+        for (var r = parsed.CommandResult; r is not null; r = r.Parent as System.CommandLine.Parsing.CommandResult)
+            names.Insert(0, r.Command is RootCommand ? "lens" : r.Command.Name);
+        return names;
+    }
+
+    /// <summary>The command tree (exposed for tests and documentation).</summary>
+    public static RootCommand BuildRootCommand(CliContext context)
+    {
+        var root = new RootCommand(
+            "lens: SharpLens, a mechanistic-interpretability engine over libtorch (TransformerLens for .NET). " +
+            "Every command reads a HuggingFace model folder (config.json + model.safetensors) and writes a safetensors file.");
+        root.Subcommands.Add(CacheCommand.Build(context));
+        root.Subcommands.Add(ParamsCommand.Build(context));
+        root.Subcommands.Add(TrainCommand.Build(context));
+        return root;
+    }
+}
+
+/// <summary>The output streams of one run, and the mapping of exceptions to exit codes.</summary>
+public sealed class CliContext(TextWriter stdout, TextWriter stderr)
+{
+    /// <summary>Where results and progress go.</summary>
+    public TextWriter Out { get; } = stdout;
+
+    /// <summary>Where errors go.</summary>
+    public TextWriter Error { get; } = stderr;
+
+    /// <summary>Runs a command body, mapping a <see cref="CliException"/> to exit code 1 and anything else to 2.</summary>
+    public int Execute(Func<int> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (Exception e)
+        {
+            return Fail(e);
+        }
+    }
+
+    /// <summary>Prints an exception as an error and returns its exit code.</summary>
+    public int Fail(Exception e)
+    {
+        if (e is CliException)
+        {
+            Error.WriteLine($"error: {e.Message}");
+            Error.Flush();
+            return Program.UserError;
+        }
+        Error.WriteLine($"error: {e.Message} ({e.GetType().FullName})");
+        Error.Flush();
+        return Program.InternalError;
+    }
+}

@@ -1,0 +1,548 @@
+using System.Text.Json;
+using SharpLens.Cli;
+using SharpLens.Tensors.IO;
+
+namespace SharpLens.Tests;
+
+/// <summary>Runs the <c>lens</c> command line in-process and holds a fresh temporary folder for its files.</summary>
+public abstract class CliTestBase
+{
+    protected string TempDir { get; private set; } = null!;
+
+    [OneTimeSetUp]
+    public void CreateTempDir()
+    {
+        TempDir = Path.Combine(Path.GetTempPath(), "sharplens-cli-tests-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(TempDir);
+    }
+
+    [OneTimeTearDown]
+    public void DeleteTempDir()
+    {
+        if (Directory.Exists(TempDir)) Directory.Delete(TempDir, recursive: true);
+    }
+
+    protected sealed record CliResult(int ExitCode, string Out, string Error);
+
+    protected static CliResult Lens(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        var code = Program.Run(args, stdout, stderr);
+        return new CliResult(code, stdout.ToString(), stderr.ToString());
+    }
+
+    protected static void AssertSuccess(CliResult r) =>
+        Assert.That(r.ExitCode, Is.EqualTo(0), $"lens failed with code {r.ExitCode}:\n{r.Error}\n{r.Out}");
+
+    protected string TempPath(string name) => Path.Combine(TempDir, name);
+
+    /// <summary>Writes a tokens file {"batches": ...} and returns its path.</summary>
+    protected string WriteTokens(string name, object batches)
+    {
+        var path = TempPath(name);
+        File.WriteAllText(path, JsonSerializer.Serialize(new { batches }));
+        return path;
+    }
+
+    /// <summary>The rows of an int64 [batch, pos] tensor.</summary>
+    protected static long[][] Rows(Tensor tokens)
+    {
+        var (b, p) = ((int)tokens.Size(0), (int)tokens.Size(1));
+        var flat = tokens.ToArray<long>();
+        return Enumerable.Range(0, b).Select(r => flat.AsSpan(r * p, p).ToArray()).ToArray();
+    }
+
+    /// <summary>Loads an output file; the caller disposes the tensors (see <see cref="Free"/>).</summary>
+    protected static Dictionary<string, Tensor> Load(string path) => SafeTensors.Load(path);
+
+    protected static void Free(Dictionary<string, Tensor> tensors)
+    {
+        foreach (var t in tensors.Values) t.Dispose();
+    }
+
+    protected static double MaxAbsDiff(Tensor expected, Tensor actual)
+    {
+        Assert.That(actual.Shape, Is.EqualTo(expected.Shape), "shape");
+        using var scope = Torch.NewScope();
+        var e = expected.To(ScalarType.Float64);
+        var a = actual.To(ScalarType.Float64);
+        // -inf entries (masked attention scores) must match exactly; compare the rest numerically.
+        var bothInf = e.IsFinite().LogicalNot().LogicalAnd(e.Eq(a));
+        return (e - a).Abs().MaskedFill(bothInf, 0).Max().ToDouble();
+    }
+
+    protected static void AssertClose(Tensor expected, Tensor actual, string what, double tol = 1e-4)
+    {
+        var d = MaxAbsDiff(expected, actual);
+        Assert.That(d, Is.LessThanOrEqualTo(tol), $"{what}: max abs difference {d:G3}");
+    }
+}
+
+/// <summary>
+/// <c>lens cache</c>, <c>params</c> and <c>train</c> against the fixtures' real HuggingFace, TransformerLens and
+/// PyTorch numbers.
+/// </summary>
+[TestFixture("tiny-gpt2")]
+[TestFixture("tiny-pythia")]
+public class CliTests(string model) : CliTestBase
+{
+    private const double Tolerance = 1e-4;
+    private Dictionary<string, Tensor> _reference = null!;
+    private string ModelDir => Fixtures.Path(model);
+    private string _tokens = null!;
+
+    [OneTimeSetUp]
+    public void LoadReference()
+    {
+        _reference = SafeTensors.Load(Path.Combine(ModelDir, "reference.safetensors"));
+        _tokens = WriteTokens("tokens.json", new[] { Rows(_reference["input_ids"]) });
+    }
+
+    [OneTimeTearDown]
+    public void FreeReference() => Free(_reference);
+
+    private IEnumerable<string> ReferenceKeys(string prefix) =>
+        _reference.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).Select(k => k[prefix.Length..]);
+
+    private static bool IsOptional(string hook) =>
+        hook.EndsWith("hook_result") || hook.EndsWith("_input") || hook.EndsWith("hook_attn_in") || hook.EndsWith("hook_mlp_in") || hook == "hook_tokens";
+
+    [Test]
+    public void CacheWritesLogitsLossAndEveryActivation()
+    {
+        // Two batches: the reference batch, and its second row alone.
+        var rows = Rows(_reference["input_ids"]);
+        var tokens = WriteTokens("two-batches.json", new[] { rows, new[] { rows[1] } });
+        var outPath = TempPath($"cache-{model}.safetensors");
+        var r = Lens("cache", ModelDir, "--tokens", tokens, "--out", outPath);
+        AssertSuccess(r);
+        var output = Load(outPath);
+        try
+        {
+            Assert.Multiple(() =>
+            {
+                AssertClose(_reference["logits"], output["b0.logits"], "b0.logits");
+                Assert.That(output["b0.loss"].NumEl, Is.EqualTo(1));
+                Assert.That(output["b0.loss"].ToDouble(), Is.EqualTo(_reference["loss"].ToDouble()).Within(Tolerance), "b0.loss");
+                AssertClose(_reference["act.blocks.0.attn.hook_pattern"], output["b0.act.blocks.0.attn.hook_pattern"], "hook_pattern");
+                foreach (var hook in ReferenceKeys("act.").Where(h => !IsOptional(h)))
+                {
+                    Assert.That(output.ContainsKey("b0.act." + hook), $"b0.act.{hook} is missing");
+                    if (output.ContainsKey("b0.act." + hook)) AssertClose(_reference["act." + hook], output["b0.act." + hook], hook);
+                }
+                using var scope = Torch.NewScope();
+                AssertClose(_reference["logits"].Narrow(0, 1, 1), output["b1.logits"], "b1.logits (second row alone)");
+                AssertClose(_reference["act.blocks.1.hook_resid_post"].Narrow(0, 1, 1), output["b1.act.blocks.1.hook_resid_post"], "b1 resid_post");
+                Assert.That(output.Keys.Where(k => k.Contains(".grad.")), Is.Empty, "no gradients without --backward");
+            });
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    [Test]
+    public void CacheNamesFilterKeepsOnlyMatchingHooks()
+    {
+        var outPath = TempPath($"cache-names-{model}.safetensors");
+        AssertSuccess(Lens("cache", ModelDir, "--tokens", _tokens, "--names", @"attn\.hook_pattern$", "--out", outPath));
+        var output = Load(outPath);
+        try
+        {
+            Assert.That(output.Keys, Is.EquivalentTo(new[]
+            {
+                "b0.logits", "b0.loss", "b0.act.blocks.0.attn.hook_pattern", "b0.act.blocks.1.attn.hook_pattern",
+            }));
+            AssertClose(_reference["act.blocks.1.attn.hook_pattern"], output["b0.act.blocks.1.attn.hook_pattern"], "blocks.1 pattern");
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    [Test]
+    public void CacheInFloat64()
+    {
+        var outPath = TempPath($"cache-f64-{model}.safetensors");
+        AssertSuccess(Lens("cache", ModelDir, "--tokens", _tokens, "--dtype", "float64", "--names", "hook_pattern", "--out", outPath));
+        var output = Load(outPath);
+        try
+        {
+            Assert.Multiple(() =>
+            {
+                Assert.That(output["b0.logits"].DType, Is.EqualTo(ScalarType.Float64));
+                Assert.That(output["b0.act.blocks.0.attn.hook_pattern"].DType, Is.EqualTo(ScalarType.Float64));
+                AssertClose(_reference["logits"], output["b0.logits"], "float64 logits");
+                AssertClose(_reference["act.blocks.0.attn.hook_pattern"], output["b0.act.blocks.0.attn.hook_pattern"], "float64 pattern");
+                Assert.That(output["b0.loss"].ToDouble(), Is.EqualTo(_reference["loss"].ToDouble()).Within(Tolerance));
+            });
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    [Test]
+    public void CacheAllHooksAddsTheOptionalHookPoints()
+    {
+        var outPath = TempPath($"cache-all-{model}.safetensors");
+        AssertSuccess(Lens("cache", ModelDir, "--tokens", _tokens, "--all-hooks", "--out", outPath));
+        var output = Load(outPath);
+        try
+        {
+            var optional = ReferenceKeys("act.").Where(IsOptional).ToList();
+            Assert.That(optional, Has.Count.GreaterThanOrEqualTo(8));
+            Assert.Multiple(() =>
+            {
+                foreach (var hook in optional)
+                {
+                    Assert.That(output.ContainsKey("b0.act." + hook), $"b0.act.{hook} is missing");
+                    if (output.ContainsKey("b0.act." + hook)) AssertClose(_reference["act." + hook], output["b0.act." + hook], hook);
+                }
+                AssertClose(_reference["logits"], output["b0.logits"], "logits with every optional hook on");
+            });
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    [TestCase("loss", "loss")]
+    [TestCase("last-logits-sum", "last_logits_sum")]
+    public void CacheBackwardWritesParameterGradients(string objective, string referenceName)
+    {
+        var outPath = TempPath($"cache-grad-{objective}-{model}.safetensors");
+        AssertSuccess(Lens("cache", ModelDir, "--tokens", _tokens, "--names", "hook_embed", "--backward", objective, "--out", outPath));
+        var output = Load(outPath);
+        try
+        {
+            var expected = ReferenceKeys($"grad.{referenceName}.param.").ToList();
+            var actual = output.Keys.Where(k => k.StartsWith("b0.grad.param.")).Select(k => k["b0.grad.param.".Length..]).ToList();
+            Assert.That(actual, Is.EquivalentTo(expected), "one gradient per HF parameter");
+            Assert.Multiple(() =>
+            {
+                foreach (var name in expected)
+                    AssertClose(_reference[$"grad.{referenceName}.param.{name}"], output["b0.grad.param." + name], name);
+                AssertClose(_reference["logits"], output["b0.logits"], "logits with --backward");
+            });
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    [Test]
+    public void ParamsWritesEveryHfParameter()
+    {
+        var outPath = TempPath($"params-{model}.safetensors");
+        AssertSuccess(Lens("params", ModelDir, "--out", outPath));
+        var output = Load(outPath);
+        var checkpoint = Load(Path.Combine(ModelDir, "model.safetensors"));
+        try
+        {
+            Assert.That(output.Keys, Is.EquivalentTo(checkpoint.Keys));
+            Assert.Multiple(() =>
+            {
+                foreach (var (name, t) in checkpoint) AssertClose(t, output[name], name, 0);
+            });
+        }
+        finally
+        {
+            Free(output);
+            Free(checkpoint);
+        }
+    }
+
+    [Test]
+    public void ParamsTlWritesTransformerLensWeights()
+    {
+        var outPath = TempPath($"params-tl-{model}.safetensors");
+        AssertSuccess(Lens("params", ModelDir, "--tl", "--out", outPath));
+        var output = Load(outPath);
+        try
+        {
+            AssertClose(_reference["tl.blocks.0.attn.W_Q"], output["blocks.0.attn.W_Q"], "blocks.0.attn.W_Q", 0);
+            var expected = ReferenceKeys("tl.").Where(k => !k.Contains("rotary_")).ToList();
+            Assert.That(output.Keys, Is.EquivalentTo(expected));
+            Assert.Multiple(() =>
+            {
+                foreach (var name in expected) AssertClose(_reference["tl." + name], output[name], name, 0);
+            });
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    [Test]
+    public void TrainReproducesTorchAdamW()
+    {
+        var outPath = TempPath($"train-{model}.safetensors");
+        var r = Lens("train", ModelDir, "--tokens", _tokens, "--steps", "10", "--lr", "1e-3", "--weight-decay", "0.01", "--out", outPath);
+        AssertSuccess(r);
+        var lines = r.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => l.StartsWith("step ")).ToList();
+        Assert.That(lines, Has.Count.EqualTo(10), "one line per step");
+        var output = Load(outPath);
+        try
+        {
+            Assert.That(output["losses"].DType, Is.EqualTo(ScalarType.Float32));
+            AssertClose(_reference["adamw.losses"], output["losses"], "losses");
+            var names = ReferenceKeys("adamw.step10.param.").ToList();
+            Assert.That(output.Keys.Where(k => k != "losses"), Is.EquivalentTo(names));
+            Assert.Multiple(() =>
+            {
+                foreach (var name in names) AssertClose(_reference["adamw.step10.param." + name], output[name], name);
+            });
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    /// <summary>One plain SGD step (no weight decay, no momentum) is p - lr g, with g PyTorch's gradient of the loss.</summary>
+    [Test]
+    public void TrainOneSgdStepIsParameterMinusLrTimesGradient()
+    {
+        const double lr = 0.1;
+        var outPath = TempPath($"train-sgd-{model}.safetensors");
+        AssertSuccess(Lens("train", ModelDir, "--tokens", _tokens, "--steps", "1", "--optimizer", "sgd", "--lr", "0.1",
+            "--weight-decay", "0", "--out", outPath));
+        var output = Load(outPath);
+        var checkpoint = Load(Path.Combine(ModelDir, "model.safetensors"));
+        try
+        {
+            Assert.That(output["losses"].ToArray<float>().Single(), Is.EqualTo(_reference["loss"].ToDouble()).Within(Tolerance));
+            Assert.Multiple(() =>
+            {
+                foreach (var (name, p0) in checkpoint)
+                {
+                    using var scope = Torch.NewScope();
+                    var expected = p0.To(ScalarType.Float64) - lr * _reference["grad.loss.param." + name].To(ScalarType.Float64);
+                    AssertClose(expected, output[name], name, 1e-5);
+                }
+            });
+        }
+        finally
+        {
+            Free(output);
+            Free(checkpoint);
+        }
+    }
+}
+
+/// <summary>User errors: exit code 1 and <c>error: &lt;message&gt;</c> on stderr, never a stack trace.</summary>
+public class CliErrorTests : CliTestBase
+{
+    private static string ModelDir => Fixtures.Path("tiny-gpt2");
+
+    private string GoodTokens => WriteTokens("good.json", new[] { new[] { new long[] { 1, 2, 3, 4 }, new long[] { 5, 6, 7, 8 } } });
+
+    private static void AssertUserError(CliResult r, params string[] fragments)
+    {
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.ExitCode, Is.EqualTo(1), $"exit code; stderr:\n{r.Error}");
+            Assert.That(r.Error, Does.StartWith("error: "));
+            foreach (var f in fragments) Assert.That(r.Error, Does.Contain(f));
+            Assert.That(r.Error, Does.Not.Contain("   at "), "no stack trace");
+        });
+    }
+
+    [Test]
+    public void MissingModelDirectory()
+    {
+        var missing = TempPath("no-such-model");
+        var r = Lens("cache", missing, "--tokens", GoodTokens, "--out", TempPath("x.safetensors"));
+        AssertUserError(r, missing, "does not exist");
+        Assert.That(File.Exists(TempPath("x.safetensors")), Is.False);
+    }
+
+    [Test]
+    public void ModelDirectoryWithoutConfig()
+    {
+        var empty = TempPath("empty-model");
+        Directory.CreateDirectory(empty);
+        AssertUserError(Lens("params", empty, "--out", TempPath("x.safetensors")), "config.json");
+    }
+
+    [Test]
+    public void RaggedRows()
+    {
+        var path = WriteTokens("ragged.json", new[] { new[] { new long[] { 1, 2, 3 }, new long[] { 4, 5 } } });
+        AssertUserError(Lens("cache", ModelDir, "--tokens", path, "--out", TempPath("x.safetensors")), path, "ragged", "row 1");
+    }
+
+    [Test]
+    public void NonIntegerTokenId()
+    {
+        var path = TempPath("float-ids.json");
+        File.WriteAllText(path, """{"batches": [[[1, 2.5, 3]]]}""");
+        AssertUserError(Lens("cache", ModelDir, "--tokens", path, "--out", TempPath("x.safetensors")), path, "not an integer", "2.5");
+    }
+
+    [Test]
+    public void TokensFileNotJson()
+    {
+        var path = TempPath("broken.json");
+        File.WriteAllText(path, """{"batches": [[[1, 2""");
+        AssertUserError(Lens("train", ModelDir, "--tokens", path, "--steps", "1", "--out", TempPath("x.safetensors")), path, "not valid JSON");
+    }
+
+    [Test]
+    public void TokenIdOutsideVocabulary()
+    {
+        var path = WriteTokens("big-ids.json", new[] { new[] { new long[] { 1, 2, 100000 } } });
+        AssertUserError(Lens("cache", ModelDir, "--tokens", path, "--out", TempPath("x.safetensors")), path, "100000", "vocabulary");
+    }
+
+    [Test]
+    public void RegexMatchingNoHook()
+    {
+        AssertUserError(Lens("cache", ModelDir, "--tokens", GoodTokens, "--names", "no_such_hook", "--out", TempPath("x.safetensors")),
+            "no_such_hook", "matches no hook point");
+    }
+
+    [Test]
+    public void RegexMatchingOnlyOptionalHooksNeedsAllHooks()
+    {
+        AssertUserError(Lens("cache", ModelDir, "--tokens", GoodTokens, "--names", "hook_result", "--out", TempPath("x.safetensors")),
+            "--all-hooks");
+    }
+
+    [Test]
+    public void InvalidRegex()
+    {
+        AssertUserError(Lens("cache", ModelDir, "--tokens", GoodTokens, "--names", "(", "--out", TempPath("x.safetensors")),
+            "not a valid regular expression");
+    }
+
+    [Test]
+    public void OutputDirectoryMissing()
+    {
+        var outPath = Path.Combine(TempDir, "no-such-dir", "out.safetensors");
+        AssertUserError(Lens("params", ModelDir, "--out", outPath), "cannot write", "does not exist");
+    }
+
+    [Test]
+    public void OutputPathIsADirectory() => AssertUserError(Lens("params", ModelDir, "--out", TempDir), "is a directory");
+
+    [Test]
+    public void TextWithoutTokenizer() =>
+        AssertUserError(Lens("cache", ModelDir, "--text", "hello world", "--out", TempPath("x.safetensors")), "needs a tokenizer", "--tokens");
+
+    [Test]
+    public void BatchOutOfRange() =>
+        AssertUserError(Lens("train", ModelDir, "--tokens", GoodTokens, "--batch", "3", "--steps", "1", "--out", TempPath("x.safetensors")),
+            "--batch 3", "1 batch");
+
+    [Test]
+    public void UnknownOptionIsAParseError()
+    {
+        var r = Lens("params", ModelDir, "--fold-ln", "--out", TempPath("x.safetensors"));
+        AssertUserError(r, "--fold-ln");
+    }
+
+    [Test]
+    public void MissingRequiredOption() => AssertUserError(Lens("train", ModelDir, "--tokens", GoodTokens, "--out", TempPath("x.safetensors")), "--steps");
+
+    [Test]
+    public void CommandsFreeEveryTensorTheyCreate()
+    {
+        var tokens = GoodTokens;
+        var before = Torch.LiveTensors;
+        AssertSuccess(Lens("cache", ModelDir, "--tokens", tokens, "--backward", "loss", "--all-hooks", "--out", TempPath("leak-cache.safetensors")));
+        AssertSuccess(Lens("params", ModelDir, "--tl", "--out", TempPath("leak-params.safetensors")));
+        AssertSuccess(Lens("train", ModelDir, "--tokens", tokens, "--steps", "2", "--out", TempPath("leak-train.safetensors")));
+        Assert.That(Lens("cache", ModelDir, "--tokens", tokens, "--names", "hook_result", "--out", TempPath("x.safetensors")).ExitCode, Is.EqualTo(1));
+        Assert.That(Torch.LiveTensors, Is.EqualTo(before), "live native tensors after the commands");
+    }
+
+    [Test]
+    public void HelpListsTheCommands()
+    {
+        var r = Lens("--help");
+        Assert.That(r.ExitCode, Is.EqualTo(0), r.Error);
+        Assert.That(r.Out, Does.Contain("cache").And.Contain("params").And.Contain("train"));
+        var cache = Lens("cache", "--help");
+        Assert.That(cache.ExitCode, Is.EqualTo(0), cache.Error);
+        Assert.That(cache.Out, Does.Contain("--backward").And.Contain("not produced yet"));
+    }
+}
+
+/// <summary><c>lens cache --text</c> on the tiny GPT-2 with a byte-level vocabulary (one id per byte, no merges) added beside it.</summary>
+public class CliTextTests : CliTestBase
+{
+    private string _modelDir = null!;
+
+    [OneTimeSetUp]
+    public void CreateModelWithTokenizer()
+    {
+        _modelDir = TempPath("tiny-gpt2-bytes");
+        Directory.CreateDirectory(_modelDir);
+        foreach (var f in new[] { "config.json", "model.safetensors" })
+            File.Copy(Path.Combine(Fixtures.Path("tiny-gpt2"), f), Path.Combine(_modelDir, f));
+        File.WriteAllText(Path.Combine(_modelDir, "vocab.json"), JsonSerializer.Serialize(ByteVocabulary()));
+        File.WriteAllText(Path.Combine(_modelDir, "merges.txt"), "#version: 0.2\n");
+    }
+
+    /// <summary>GPT-2's byte alphabet: each byte's character, with the byte as its id.</summary>
+    private static Dictionary<string, int> ByteVocabulary()
+    {
+        var printable = Enumerable.Range('!', '~' - '!' + 1).Concat(Enumerable.Range(0xA1, 0xAC - 0xA1 + 1)).Concat(Enumerable.Range(0xAE, 0xFF - 0xAE + 1)).ToHashSet();
+        var vocab = new Dictionary<string, int>();
+        var n = 0;
+        for (var b = 0; b < 256; b++)
+            vocab[((char)(printable.Contains(b) ? b : 256 + n++)).ToString()] = b;
+        return vocab;
+    }
+
+    [Test]
+    public void TextIsTokenizedPaddedAndMatchesTheSameIdsGivenAsTokens()
+    {
+        var textOut = TempPath("text.safetensors");
+        AssertSuccess(Lens("cache", _modelDir, "--text", "hello world", "--text", "hi", "--names", "hook_embed", "--out", textOut));
+        var text = Load(textOut);
+        try
+        {
+            var ids = Rows(text["b0.input_ids"]);
+            Assert.That(ids[0], Is.EqualTo("hello world".Select(c => (long)c).ToArray()), "one id per byte");
+            Assert.That(Rows(text["b0.attention_mask"])[1], Is.EqualTo(new long[] { 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0 }));
+            // The same rows given as ids, unpadded, one batch each: the real positions' logits agree.
+            var tokens = WriteTokens("text-ids.json", new[] { new[] { ids[0] }, new[] { ids[1][..2] } });
+            var idsOut = TempPath("text-ids.safetensors");
+            AssertSuccess(Lens("cache", _modelDir, "--tokens", tokens, "--names", "hook_embed", "--out", idsOut));
+            var byIds = Load(idsOut);
+            try
+            {
+                using var scope = Torch.NewScope();
+                AssertClose(byIds["b0.logits"], text["b0.logits"].Narrow(0, 0, 1), "row 0 logits");
+                AssertClose(byIds["b1.logits"], text["b0.logits"].Narrow(0, 1, 1).Narrow(1, 0, 2), "row 1 logits (real positions)");
+            }
+            finally
+            {
+                Free(byIds);
+            }
+        }
+        finally
+        {
+            Free(text);
+        }
+    }
+
+    [Test]
+    public void TextAndTokensTogetherIsAnError()
+    {
+        var tokens = WriteTokens("t.json", new[] { new[] { new long[] { 1, 2 } } });
+        var r = Lens("cache", _modelDir, "--text", "hi", "--tokens", tokens, "--out", TempPath("x.safetensors"));
+        Assert.That(r.ExitCode, Is.EqualTo(1));
+        Assert.That(r.Error, Does.StartWith("error: ").And.Contain("not both"));
+    }
+}
