@@ -349,8 +349,6 @@ public class ParameterViewTests(string model)
     /// checkpoint; Parameters() silently returns an empty list.
     /// </summary>
     [Test]
-    [Ignore("BUG: TransformerBridge has no disposed state: Forward/Loss/RunWithCache/TlNamedParameters after Dispose throw a misleading " +
-            "KeyNotFoundException ('no parameter ... in this model') instead of ObjectDisposedException")]
     public void UsingADisposedBridgeThrowsObjectDisposedException()
     {
         var bridge = Load();

@@ -92,7 +92,7 @@ public class ResidualLayoutTests
         var tokens = SafeTensors.Load(Path.Combine(Fixtures.Path("tiny-pythia"), "reference.safetensors"))["input_ids"];
         using var bridge = TransformerBridge.Load(dir, new BridgeOptions { DType = ScalarType.Float64 });
         Assert.That(bridge.Config.ParallelAttnMlp, Is.EqualTo(parallel));
-        Assert.That(bridge.HookDict.ContainsKey("blocks.0.hook_resid_mid"), Is.True);
+        Assert.That(bridge.HookDict.ContainsKey("blocks.0.hook_resid_mid"), Is.EqualTo(!parallel), "resid_mid exists only with a sequential residual");
         var expected = ReferenceNeoX(raw, tokens, parallel);
         var (logits, cache) = bridge.RunWithCache(tokens);
         using (cache)

@@ -84,13 +84,20 @@ public abstract class ArchitectureAdapter
             ? i
             : throw new ModelLoadException(path, $"config field '{field}' is missing or not an integer");
 
-    /// <summary>An optional integer field.</summary>
-    protected static int? OptionalInt(JsonElement config, string field, string path)
+    /// <summary>A required size (layers, widths, heads, vocabulary, context): an integer of at least 1.</summary>
+    protected static int RequireSize(JsonElement config, string field, string path)
+    {
+        var value = RequireInt(config, field, path);
+        return value >= 1 ? value : throw new ModelLoadException(path, $"config field '{field}' must be a positive integer, got {value}");
+    }
+
+    /// <summary>An optional size field (absent or null gives null; otherwise an integer of at least 1).</summary>
+    protected static int? OptionalSize(JsonElement config, string field, string path)
     {
         if (!config.TryGetProperty(field, out var v) || v.ValueKind == JsonValueKind.Null) return null;
-        return v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out var i)
-            ? i
-            : throw new ModelLoadException(path, $"config field '{field}' must be an integer, got {v.ValueKind}");
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out var i))
+            throw new ModelLoadException(path, $"config field '{field}' must be an integer, got {v.ValueKind}");
+        return i >= 1 ? i : throw new ModelLoadException(path, $"config field '{field}' must be a positive integer, got {i}");
     }
 
     /// <summary>An optional number field.</summary>

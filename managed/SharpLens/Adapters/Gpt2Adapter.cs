@@ -15,8 +15,8 @@ public sealed class Gpt2Adapter : ArchitectureAdapter
     /// <inheritdoc/>
     public override TransformerConfig ReadConfig(JsonElement c, string path)
     {
-        var dModel = RequireInt(c, "n_embd", path);
-        var nHeads = RequireInt(c, "n_head", path);
+        var dModel = RequireSize(c, "n_embd", path);
+        var nHeads = RequireSize(c, "n_head", path);
         if (nHeads <= 0 || dModel % nHeads != 0)
             throw new ModelLoadException(path, $"n_embd {dModel} is not divisible by n_head {nHeads}");
         if (OptionalBool(c, "scale_attn_by_inverse_layer_idx", false, path) || OptionalBool(c, "reorder_and_upcast_attn", false, path))
@@ -24,12 +24,12 @@ public sealed class Gpt2Adapter : ArchitectureAdapter
         return new TransformerConfig
         {
             ModelType = ModelType,
-            NLayers = RequireInt(c, "n_layer", path),
+            NLayers = RequireSize(c, "n_layer", path),
             DModel = dModel,
             NHeads = nHeads,
-            DMlp = OptionalInt(c, "n_inner", path) ?? 4 * dModel,
-            DVocab = RequireInt(c, "vocab_size", path),
-            NCtx = RequireInt(c, "n_positions", path),
+            DMlp = OptionalSize(c, "n_inner", path) ?? 4 * dModel,
+            DVocab = RequireSize(c, "vocab_size", path),
+            NCtx = RequireSize(c, "n_positions", path),
             ActFn = ParseActivation(OptionalString(c, "activation_function", path) ?? "gelu_new", "activation_function", path),
             NormEps = OptionalDouble(c, "layer_norm_epsilon", 1e-5, path),
             Positional = PositionalEmbedding.Learned,

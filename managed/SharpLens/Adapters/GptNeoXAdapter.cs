@@ -16,8 +16,8 @@ public sealed class GptNeoXAdapter : ArchitectureAdapter
     /// <inheritdoc/>
     public override TransformerConfig ReadConfig(JsonElement c, string path)
     {
-        var dModel = RequireInt(c, "hidden_size", path);
-        var nHeads = RequireInt(c, "num_attention_heads", path);
+        var dModel = RequireSize(c, "hidden_size", path);
+        var nHeads = RequireSize(c, "num_attention_heads", path);
         if (nHeads <= 0 || dModel % nHeads != 0)
             throw new ModelLoadException(path, $"hidden_size {dModel} is not divisible by num_attention_heads {nHeads}");
         var dHead = dModel / nHeads;
@@ -32,12 +32,12 @@ public sealed class GptNeoXAdapter : ArchitectureAdapter
         return new TransformerConfig
         {
             ModelType = ModelType,
-            NLayers = RequireInt(c, "num_hidden_layers", path),
+            NLayers = RequireSize(c, "num_hidden_layers", path),
             DModel = dModel,
             NHeads = nHeads,
-            DMlp = RequireInt(c, "intermediate_size", path),
-            DVocab = RequireInt(c, "vocab_size", path),
-            NCtx = RequireInt(c, "max_position_embeddings", path),
+            DMlp = RequireSize(c, "intermediate_size", path),
+            DVocab = RequireSize(c, "vocab_size", path),
+            NCtx = RequireSize(c, "max_position_embeddings", path),
             ActFn = ParseActivation(OptionalString(c, "hidden_act", path) ?? "gelu", "hidden_act", path),
             NormEps = OptionalDouble(c, "layer_norm_eps", 1e-5, path),
             Positional = PositionalEmbedding.Rotary,

@@ -20,14 +20,40 @@ public sealed class ActivationCache : IDisposable, IReadOnlyDictionary<string, T
         _tensors[name] = tensor.DetachFromScope();
     }
 
-    /// <summary>The activation with this full TransformerLens name.</summary>
+    /// <summary>The activation with this full TransformerLens name, or a layerless short name (<c>"embed"</c>, <c>"scale"</c> for ln_final).</summary>
     public Tensor this[string name] =>
-        _tensors.TryGetValue(name, out var t)
+        _tensors.TryGetValue(name, out var t) || (TryActName(name, out var full) && _tensors.TryGetValue(full, out t))
             ? t
             : throw new KeyNotFoundException($"the cache holds no '{name}'" + (_tensors.Count == 0 ? " (it is empty)" : $"; it holds {_tensors.Count} activations, e.g. {string.Join(", ", _tensors.Keys.Take(3))}"));
 
-    /// <summary>TransformerLens <c>get_act_name</c> shorthand: <c>("resid_pre", 0)</c>, <c>("pattern", 1)</c>, <c>("scale", 0, "ln2")</c>.</summary>
-    public Tensor this[string shortName, int layer, string? layerType = null] => this[ActName(shortName, layer, layerType)];
+    /// <summary>
+    /// TransformerLens <c>get_act_name</c> shorthand: <c>("resid_pre", 0)</c>, <c>("pattern", 1)</c>, <c>("scale", 0, "ln2")</c>;
+    /// a negative layer counts from the end (<c>("resid_post", -1)</c> is the last block).
+    /// </summary>
+    public Tensor this[string shortName, int layer, string? layerType = null]
+    {
+        get
+        {
+            var resolved = layer < 0 ? layer + Config.NLayers : layer;
+            if (resolved < 0 || resolved >= Config.NLayers)
+                throw new KeyNotFoundException($"the cache holds no '{ActName(shortName, layer, layerType)}': layer {layer} does not exist in a model of {Config.NLayers} layers");
+            return this[ActName(shortName, resolved, layerType)];
+        }
+    }
+
+    private static bool TryActName(string name, out string full)
+    {
+        try
+        {
+            full = ActName(name);
+            return true;
+        }
+        catch (ArgumentException)
+        {
+            full = "";
+            return false;
+        }
+    }
 
     /// <summary>The full hook name for a TransformerLens short name (as <c>utils.get_act_name</c>).</summary>
     public static string ActName(string shortName, int? layer = null, string? layerType = null)

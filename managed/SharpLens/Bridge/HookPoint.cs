@@ -130,12 +130,23 @@ public sealed class HookPoint
                 throw new HookException(Name, $"a backward hook on '{Name}' threw: {e.Message}", e);
             }
             if (replacement is null) continue;
-            if (!replacement.Shape.SequenceEqual(current.Shape))
-                throw new HookException(Name,
-                    $"a backward hook on '{Name}' returned shape {Tensor.FormatShape(replacement.Shape)} but the gradient has shape {Tensor.FormatShape(current.Shape)}");
+            CheckReplacement("backward", "gradient", current, replacement);
             current = replaced = replacement;
         }
         return replaced;
+    }
+
+    /// <summary>A replacement must match what it replaces in shape, dtype and device; the error names the hook and both.</summary>
+    private void CheckReplacement(string kind, string what, Tensor original, Tensor replacement)
+    {
+        if (!replacement.Shape.SequenceEqual(original.Shape))
+            throw new HookException(Name,
+                $"a {kind} hook on '{Name}' returned shape {Tensor.FormatShape(replacement.Shape)} but the {what} has shape {Tensor.FormatShape(original.Shape)}");
+        if (replacement.DType != original.DType)
+            throw new HookException(Name,
+                $"a {kind} hook on '{Name}' returned dtype {replacement.DType.ToTorchName()} but the {what} has dtype {original.DType.ToTorchName()}");
+        if (replacement.Device != original.Device)
+            throw new HookException(Name, $"a {kind} hook on '{Name}' returned a tensor on {replacement.Device} but the {what} is on {original.Device}");
     }
 
     private Tensor RunForwardHooks(Tensor activation)
@@ -154,11 +165,7 @@ public sealed class HookPoint
                 throw new HookException(Name, $"a forward hook on '{Name}' threw: {e.Message}", e);
             }
             if (replacement is null) continue;
-            var expected = current.Shape;
-            var actual = replacement.Shape;
-            if (!expected.SequenceEqual(actual))
-                throw new HookException(Name,
-                    $"a forward hook on '{Name}' returned shape {Tensor.FormatShape(actual)} but the activation has shape {Tensor.FormatShape(expected)}");
+            CheckReplacement("forward", "activation", current, replacement);
             current = replacement;
         }
         return current;

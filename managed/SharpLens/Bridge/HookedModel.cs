@@ -20,7 +20,7 @@ public abstract class HookedModel : IDisposable
         Config = config;
         _hookTokens = NewHook("hook_tokens", c => c.UseHookTokens, nameof(TransformerConfig.UseHookTokens), differentiable: false);
         _hookEmbed = NewHook("hook_embed");
-        _hookPosEmbed = NewHook("hook_pos_embed", c => c.Positional == PositionalEmbedding.Learned, "a learned positional embedding");
+        _hookPosEmbed = NewHook("hook_pos_embed", exists: config.Positional == PositionalEmbedding.Learned);
         _blocks = Enumerable.Range(0, config.NLayers).Select(i => new BlockHooks(this, i)).ToArray();
         _lnFinalScale = NewHook("ln_final.hook_scale");
         _lnFinalNormalized = NewHook("ln_final.hook_normalized");
@@ -48,14 +48,15 @@ public abstract class HookedModel : IDisposable
             Q = b.NewHook(p + "attn.hook_q");
             K = b.NewHook(p + "attn.hook_k");
             V = b.NewHook(p + "attn.hook_v");
-            RotQ = b.NewHook(p + "attn.hook_rot_q", c => c.Positional == PositionalEmbedding.Rotary, "rotary embeddings");
-            RotK = b.NewHook(p + "attn.hook_rot_k", c => c.Positional == PositionalEmbedding.Rotary, "rotary embeddings");
+            var rotary = b.Config.Positional == PositionalEmbedding.Rotary;
+            RotQ = b.NewHook(p + "attn.hook_rot_q", exists: rotary);
+            RotK = b.NewHook(p + "attn.hook_rot_k", exists: rotary);
             AttnScores = b.NewHook(p + "attn.hook_attn_scores");
             Pattern = b.NewHook(p + "attn.hook_pattern");
             Z = b.NewHook(p + "attn.hook_z");
             Result = b.NewHook(p + "attn.hook_result", c => c.UseAttnResult, nameof(TransformerConfig.UseAttnResult));
             AttnOut = b.NewHook(p + "hook_attn_out");
-            ResidMid = b.NewHook(p + "hook_resid_mid", c => !c.ParallelAttnMlp, "a sequential residual (not parallel attention and MLP)");
+            ResidMid = b.NewHook(p + "hook_resid_mid", exists: !b.Config.ParallelAttnMlp);
             MlpIn = b.NewHook(p + "hook_mlp_in", c => c.UseHookMlpIn, nameof(TransformerConfig.UseHookMlpIn));
             Ln2Scale = b.NewHook(p + "ln2.hook_scale");
             Ln2Normalized = b.NewHook(p + "ln2.hook_normalized");
@@ -71,10 +72,15 @@ public abstract class HookedModel : IDisposable
     /// <summary>Every hook point by TransformerLens name (optional ones included; they fire when their switch is on).</summary>
     public IReadOnlyDictionary<string, HookPoint> HookDict => _hooks;
 
-    protected HookPoint NewHook(string name, Func<TransformerConfig, bool>? enabledWhen = null, string? switchName = null, bool differentiable = true)
+    /// <summary>
+    /// Creates a hook point. One the architecture does not have (<paramref name="exists"/> false: rotary hooks on
+    /// GPT-2, resid_mid with a parallel residual) is kept out of <see cref="HookDict"/>, so it can never be hooked.
+    /// </summary>
+    protected HookPoint NewHook(string name, Func<TransformerConfig, bool>? enabledWhen = null, string? switchName = null,
+        bool differentiable = true, bool exists = true)
     {
         var hp = new HookPoint(name, enabledWhen, switchName, differentiable);
-        _hooks.Add(name, hp);
+        if (exists) _hooks.Add(name, hp);
         return hp;
     }
 
@@ -187,6 +193,7 @@ public abstract class HookedModel : IDisposable
     /// <summary>Logits [batch, pos, vocab] for int64 token ids [batch, pos]; <paramref name="attentionMask"/> [batch, pos] marks real tokens with 1.</summary>
     public Tensor Forward(Tensor tokens, Tensor? attentionMask = null)
     {
+        ThrowIfDisposed();
         var outer = DisposeScope.Current;
         using var scope = Torch.NewScope();
         var logits = RunModel(tokens, attentionMask);
@@ -199,6 +206,7 @@ public abstract class HookedModel : IDisposable
     /// </summary>
     public Tensor Loss(Tensor tokens, Tensor? attentionMask = null, bool perToken = false)
     {
+        ThrowIfDisposed();
         var outer = DisposeScope.Current;
         using var scope = Torch.NewScope();
         var logits = RunModel(tokens, attentionMask);
@@ -320,4 +328,17 @@ public abstract class HookedModel : IDisposable
 
     /// <summary>Releases the model's weights.</summary>
     public abstract void Dispose();
+
+    /// <summary>True once <see cref="Dispose"/> has run.</summary>
+    public bool IsDisposed { get; protected set; }
+
+    /// <summary>Throws <see cref="ObjectDisposedException"/> after <see cref="Dispose"/>.</summary>
+    protected void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(IsDisposed, this);
+
+    /// <summary>Returns <paramref name="value"/> unless the model is disposed.</summary>
+    protected T ThrowIfDisposed<T>(T value)
+    {
+        ThrowIfDisposed();
+        return value;
+    }
 }

@@ -37,7 +37,16 @@ public sealed partial class TransformerBridge : HookedModel
     {
         options ??= new BridgeOptions();
         var model = ModelLoader.Load(modelDirectory, options.DType, options.Device);
-        var bridge = new TransformerBridge(model);
+        TransformerBridge bridge;
+        try
+        {
+            bridge = new TransformerBridge(model);
+        }
+        catch
+        {
+            foreach (var p in model.Parameters.Values) p.Dispose();
+            throw;
+        }
         if (options.AllOptionalHooks)
         {
             bridge.Config.UseAttnResult = true;
@@ -57,14 +66,21 @@ public sealed partial class TransformerBridge : HookedModel
     // ------------------------------------------------------------------ parameters
 
     /// <summary>The leaf parameters with their HF names, each once (tied weights once), requiring grad: hand them to an optimizer.</summary>
-    public IReadOnlyList<(string Name, Tensor Parameter)> NamedParameters() => _parameters.Select(p => (p.Key, p.Value)).ToList();
+    public IReadOnlyList<(string Name, Tensor Parameter)> NamedParameters()
+    {
+        ThrowIfDisposed();
+        return _parameters.Select(p => (p.Key, p.Value)).ToList();
+    }
 
     /// <summary>The leaf parameters (see <see cref="NamedParameters"/>).</summary>
     public IReadOnlyList<Tensor> Parameters() => _parameters.Values.ToList();
 
     /// <summary>One HF parameter by name.</summary>
-    public Tensor Parameter(string hfName) =>
-        _parameters.TryGetValue(hfName, out var t) ? t : throw new KeyNotFoundException($"no parameter '{hfName}' in this {Config.ModelType} model");
+    public Tensor Parameter(string hfName)
+    {
+        ThrowIfDisposed();
+        return _parameters.TryGetValue(hfName, out var t) ? t : throw new KeyNotFoundException($"no parameter '{hfName}' in this {Config.ModelType} model");
+    }
 
     /// <summary>
     /// TransformerLens-named weights (<c>blocks.0.attn.W_Q</c> [head, d_model, d_head], ...), built by the
@@ -74,6 +90,7 @@ public sealed partial class TransformerBridge : HookedModel
     /// </summary>
     public IReadOnlyList<(string Name, Tensor Weight)> TlNamedParameters()
     {
+        ThrowIfDisposed();
         var result = new List<(string, Tensor)>();
         foreach (var w in Adapter.TlWeights(Config))
         {
@@ -89,9 +106,10 @@ public sealed partial class TransformerBridge : HookedModel
     /// <summary>The TransformerLens weights (see <see cref="TlNamedParameters"/>).</summary>
     public IReadOnlyList<Tensor> TlParameters() => TlNamedParameters().Select(p => p.Weight).ToList();
 
-    /// <summary>Releases the parameters.</summary>
+    /// <summary>Releases the parameters; the bridge is unusable afterwards.</summary>
     public override void Dispose()
     {
+        IsDisposed = true;
         foreach (var p in _parameters.Values) p.Dispose();
         _parameters.Clear();
     }

@@ -124,6 +124,8 @@ public static class ModelLoader
         try
         {
             using var doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                throw new ModelLoadException(indexPath, $"the index is not a JSON object (found {doc.RootElement.ValueKind})");
             if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
                 throw new ModelLoadException(indexPath, "the index has no 'weight_map' object");
             weightMap = new Dictionary<string, string>();

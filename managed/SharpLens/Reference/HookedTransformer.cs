@@ -72,17 +72,18 @@ public sealed class HookedTransformer : HookedModel
     /// is not a leaf, and weights the HF model lacks (unembed.b_U) are buffers (see <see cref="NamedWeights"/>).
     /// </summary>
     public IReadOnlyList<(string Name, Tensor Parameter)> NamedParameters() =>
-        _weights.Where(p => p.Value.RequiresGrad).Select(p => (p.Key, p.Value)).ToList();
+        ThrowIfDisposed(_weights).Where(p => p.Value.RequiresGrad).Select(p => (p.Key, p.Value)).ToList();
 
     /// <summary>The trainable leaf weights (see <see cref="NamedParameters"/>).</summary>
     public IReadOnlyList<Tensor> Parameters() => NamedParameters().Select(p => p.Parameter).ToList();
 
     /// <summary>Every stored weight by TransformerLens name, buffers included (TransformerLens's state dict).</summary>
-    public IReadOnlyList<(string Name, Tensor Weight)> NamedWeights() => _weights.Select(p => (p.Key, p.Value)).ToList();
+    public IReadOnlyList<(string Name, Tensor Weight)> NamedWeights() => ThrowIfDisposed(_weights).Select(p => (p.Key, p.Value)).ToList();
 
     /// <summary>One weight by TransformerLens name (with tied embeddings, <c>unembed.W_U</c> is a transposed view of <c>embed.W_E</c>; dispose it).</summary>
     public Tensor W(string name)
     {
+        ThrowIfDisposed();
         if (_weights.TryGetValue(name, out var t)) return t;
         if (TiedEmbeddings && name == "unembed.W_U") return _weights["embed.W_E"].Transpose(0, 1);
         throw new KeyNotFoundException($"the HookedTransformer has no weight '{name}'");
@@ -281,9 +282,10 @@ public sealed class HookedTransformer : HookedModel
         return rot == x.Size(3) ? applied : Torch.Cat([applied, x.Narrow(3, rot, x.Size(3) - rot)], 3);
     }
 
-    /// <summary>Releases the weights.</summary>
+    /// <summary>Releases the weights; the model is unusable afterwards.</summary>
     public override void Dispose()
     {
+        IsDisposed = true;
         foreach (var t in _weights.Values) t.Dispose();
         _weights.Clear();
     }
