@@ -66,6 +66,11 @@ public sealed class TransformerConfig
     /// <summary>The scale actually used.</summary>
     public double EffectiveAttentionScale => double.IsNaN(AttentionScale) ? 1.0 / Math.Sqrt(DHead) : AttentionScale;
 
+    /// <summary>The parameters' dtype; kept in sync by <see cref="TransformerBridge.To(Device, ScalarType?)"/>.</summary>
+    public ScalarType DType { get; internal set; } = ScalarType.Float32;
+    /// <summary>The parameters' device; kept in sync by <see cref="TransformerBridge.To(Device, ScalarType?)"/>.</summary>
+    public Device Device { get; internal set; } = Device.CPU;
+
     // ------------------------------------------------------------------ optional hook points (TransformerLens switches)
 
     /// <summary>Compute per-head outputs and fire <c>attn.hook_result</c> [batch, pos, head, d_model].</summary>

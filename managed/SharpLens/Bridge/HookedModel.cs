@@ -220,7 +220,10 @@ public abstract class HookedModel : IDisposable
         var (batch, pos, vocab) = (logits.Size(0), logits.Size(1), logits.Size(2));
         if (pos < 2) throw new ArgumentException($"a next-token loss needs at least 2 positions, got {pos}");
         using var scope = Torch.NewScope();
-        var predictions = logits.Narrow(1, 0, pos - 1).Reshape(-1, vocab);
+        // Half-precision logits are upcast: log-softmax over a large vocabulary in 8 or 11 bits loses the loss,
+        // and libtorch 1.13 has no float16 CPU kernel for it anyway. The loss is then float32.
+        var wide = logits.DType is ScalarType.Float16 or ScalarType.BFloat16 ? logits.To(ScalarType.Float32) : logits;
+        var predictions = wide.Narrow(1, 0, pos - 1).Reshape(-1, vocab);
         var targets = tokens.Narrow(1, 1, pos - 1).Reshape(-1);
         var perPosition = Functional.CrossEntropy(predictions, targets, reduction: Reduction.None).View(batch, pos - 1);
         Tensor result;

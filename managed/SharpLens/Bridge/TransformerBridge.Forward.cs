@@ -8,15 +8,54 @@ public sealed partial class TransformerBridge
     protected override Tensor RunModel(Tensor tokens, Tensor? attentionMask)
     {
         ValidateInputs(tokens, attentionMask);
-        if (Config.UseHookTokens) tokens = _hookTokens.Fire(tokens);
+        _computeCasts = NeedsFloat32Compute ? new Dictionary<string, Tensor>() : null;
+        try
+        {
+            var logits = RunModelCore(tokens, attentionMask);
+            return _computeCasts is null ? logits : logits.To(Config.DType);
+        }
+        finally
+        {
+            _computeCasts = null;
+        }
+    }
+
+    /// <summary>
+    /// libtorch 1.13 has no CPU kernels for float16 sqrt or matmul, so a float16 model on CPU computes in float32
+    /// between hook points and rounds every activation to float16 where it is hooked: hooks and caches see float16,
+    /// as they would on a GPU that stores half activations and accumulates in float32.
+    /// </summary>
+    private bool NeedsFloat32Compute => Config.DType == ScalarType.Float16 && Config.Device.Type == DeviceType.CPU;
+
+    private Dictionary<string, Tensor>? _computeCasts;
+
+    /// <summary>A parameter in the dtype the forward pass computes in (a differentiable cast for float16 on CPU).</summary>
+    private Tensor P(string hfName)
+    {
+        var p = Parameter(hfName);
+        if (_computeCasts is null) return p;
+        if (!_computeCasts.TryGetValue(hfName, out var cast)) _computeCasts[hfName] = cast = p.To(ScalarType.Float32);
+        return cast;
+    }
+
+    /// <summary>Fires a hook point, in the model's dtype when the forward pass computes in float32.</summary>
+    private Tensor Fire(HookPoint hookPoint, Tensor activation)
+    {
+        if (_computeCasts is null || !activation.DType.IsFloatingPoint()) return hookPoint.Fire(activation);
+        return hookPoint.Fire(activation.To(Config.DType)).To(ScalarType.Float32);
+    }
+
+    private Tensor RunModelCore(Tensor tokens, Tensor? attentionMask)
+    {
+        if (Config.UseHookTokens) tokens = Fire(_hookTokens, tokens);
         var (batch, pos) = (tokens.Size(0), tokens.Size(1));
         var positions = Positions(batch, pos, attentionMask);
 
-        var embed = _hookEmbed.Fire(Parameter(_spec.Embed).IndexSelect(0, tokens.Reshape(-1)).View(batch, pos, Config.DModel));
+        var embed = Fire(_hookEmbed, P(_spec.Embed).IndexSelect(0, tokens.Reshape(-1)).View(batch, pos, Config.DModel));
         var resid = embed;
         if (_spec.PosEmbed is { } posName)
         {
-            var posEmbed = _hookPosEmbed.Fire(Parameter(posName).IndexSelect(0, positions.Reshape(-1)).View(batch, pos, Config.DModel));
+            var posEmbed = Fire(_hookPosEmbed, P(posName).IndexSelect(0, positions.Reshape(-1)).View(batch, pos, Config.DModel));
             resid = embed + posEmbed;
         }
 
@@ -24,8 +63,8 @@ public sealed partial class TransformerBridge
             resid = RunBlock(i, resid, positions, attentionMask);
 
         var normed = LayerNorm(resid, _spec.LnFinal, _lnFinalScale, _lnFinalNormalized);
-        var logits = normed.Matmul(Parameter(_spec.Unembed).Transpose(0, 1));
-        if (_spec.UnembedBias is { } ub) logits = logits + Parameter(ub);
+        var logits = normed.Matmul(P(_spec.Unembed).Transpose(0, 1));
+        if (_spec.UnembedBias is { } ub) logits = logits + P(ub);
         return logits;
     }
 
@@ -37,16 +76,16 @@ public sealed partial class TransformerBridge
     {
         var centred = x - x.Mean(-1, keepDim: true);
         var scale = scaleHook.Fire((centred.Square().Mean(-1, keepDim: true) + Config.NormEps).Sqrt());
-        var y = centred / scale * Parameter(spec.Weight);
-        if (spec.Bias is not null) y = y + Parameter(spec.Bias);
+        var y = centred / scale * P(spec.Weight);
+        if (spec.Bias is not null) y = y + P(spec.Bias);
         return normalizedHook.Fire(y);
     }
 
     private Tensor Linear(Tensor x, LinearSpec spec)
     {
-        var w = Parameter(spec.Weight);
+        var w = P(spec.Weight);
         var y = x.Matmul(spec.Layout == LinearLayout.InOut ? w : w.Transpose(0, 1));
-        return spec.Bias is null ? y : y + Parameter(spec.Bias);
+        return spec.Bias is null ? y : y + P(spec.Bias);
     }
 
     private Tensor Activation(Tensor x) => Config.ActFn switch
@@ -62,9 +101,9 @@ public sealed partial class TransformerBridge
     {
         var spec = _spec.Blocks[i];
         var h = _blocks[i];
-        resid = h.ResidPre.Fire(resid);
+        resid = Fire(h.ResidPre, resid);
 
-        var attnOut = h.AttnOut.Fire(Attention(i, resid, positions, attentionMask));
+        var attnOut = Fire(h.AttnOut, Attention(i, resid, positions, attentionMask));
 
         Tensor residMid, mlpSource;
         if (Config.ParallelAttnMlp)
@@ -74,17 +113,17 @@ public sealed partial class TransformerBridge
         }
         else
         {
-            residMid = h.ResidMid.Fire(resid + attnOut);
+            residMid = Fire(h.ResidMid, resid + attnOut);
             mlpSource = residMid;
         }
-        var mlpIn = Config.UseHookMlpIn ? h.MlpIn.Fire(mlpSource.Clone()) : mlpSource;
+        var mlpIn = Config.UseHookMlpIn ? Fire(h.MlpIn, mlpSource.Clone()) : mlpSource;
         var normed = LayerNorm(mlpIn, spec.Ln2, h.Ln2Scale, h.Ln2Normalized);
-        var pre = h.MlpPre.Fire(Linear(normed, spec.Mlp.In));
-        var post = h.MlpPost.Fire(Activation(pre));
-        var mlpOut = h.MlpOut.Fire(Linear(post, spec.Mlp.Out));
+        var pre = Fire(h.MlpPre, Linear(normed, spec.Mlp.In));
+        var post = Fire(h.MlpPost, Activation(pre));
+        var mlpOut = Fire(h.MlpOut, Linear(post, spec.Mlp.Out));
 
         var residPost = Config.ParallelAttnMlp ? resid + attnOut + mlpOut : residMid + mlpOut;
-        return h.ResidPost.Fire(residPost);
+        return Fire(h.ResidPost, residPost);
     }
 
     private Tensor Attention(int i, Tensor resid, Tensor positions, Tensor? attentionMask)
@@ -99,13 +138,13 @@ public sealed partial class TransformerBridge
             Tensor qIn, kIn, vIn;
             if (Config.UseSplitQkvInput)
             {
-                qIn = h.QInput.Fire(perHead.Clone());
-                kIn = h.KInput.Fire(perHead.Clone());
-                vIn = h.VInput.Fire(perHead.Clone());
+                qIn = Fire(h.QInput, perHead.Clone());
+                kIn = Fire(h.KInput, perHead.Clone());
+                vIn = Fire(h.VInput, perHead.Clone());
             }
             else
             {
-                qIn = kIn = vIn = h.AttnIn.Fire(perHead.Clone());
+                qIn = kIn = vIn = Fire(h.AttnIn, perHead.Clone());
             }
             var (wq, wk, wv, bq, bk, bv) = SplitQkvWeights(spec.Attention);
             q = Project(LayerNorm(qIn, spec.Ln1, h.Ln1Scale, h.Ln1Normalized), wq, bq);
@@ -119,8 +158,8 @@ public sealed partial class TransformerBridge
             // its own. Reproduce that whenever someone is listening; the result is the same as below.
             var qkv = spec.Attention.Qkv;
             Tensor Normed() => LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
-            (Tensor, Tensor, Tensor) Split(Tensor x) => TransformerOps.QkvSplit(spec.Attention.QkvLayout, x, Parameter(qkv.Weight),
-                qkv.Bias is null ? null : Parameter(qkv.Bias), Config.NHeads);
+            (Tensor, Tensor, Tensor) Split(Tensor x) => TransformerOps.QkvSplit(spec.Attention.QkvLayout, x, P(qkv.Weight),
+                qkv.Bias is null ? null : P(qkv.Bias), Config.NHeads);
             q = Split(Normed()).Item1;
             k = Split(Normed()).Item2;
             v = Split(Normed()).Item3;
@@ -129,39 +168,39 @@ public sealed partial class TransformerBridge
         {
             var normed = LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
             var qkv = spec.Attention.Qkv;
-            (q, k, v) = TransformerOps.QkvSplit(spec.Attention.QkvLayout, normed, Parameter(qkv.Weight),
-                qkv.Bias is null ? null : Parameter(qkv.Bias), Config.NHeads);
+            (q, k, v) = TransformerOps.QkvSplit(spec.Attention.QkvLayout, normed, P(qkv.Weight),
+                qkv.Bias is null ? null : P(qkv.Bias), Config.NHeads);
         }
-        q = h.Q.Fire(q);
-        k = h.K.Fire(k);
-        v = h.V.Fire(v);
+        q = Fire(h.Q, q);
+        k = Fire(h.K, k);
+        v = Fire(h.V, v);
         if (Config.Positional == PositionalEmbedding.Rotary)
         {
-            q = h.RotQ.Fire(TransformerOps.Rotary(q, positions, Config.RotaryDim, Config.RotaryBase));
-            k = h.RotK.Fire(TransformerOps.Rotary(k, positions, Config.RotaryDim, Config.RotaryBase));
+            q = Fire(h.RotQ, TransformerOps.Rotary(q, positions, Config.RotaryDim, Config.RotaryBase));
+            k = Fire(h.RotK, TransformerOps.Rotary(k, positions, Config.RotaryDim, Config.RotaryBase));
         }
 
         var scale = Config.EffectiveAttentionScale;
         Tensor z;
         if (h.AttnScores.HasHooks || h.Pattern.HasHooks)
         {
-            var scores = h.AttnScores.Fire(TransformerOps.AttentionScores(q, k, attentionMask, scale));
-            var pattern = h.Pattern.Fire(TransformerOps.AttentionPattern(scores));
+            var scores = Fire(h.AttnScores, TransformerOps.AttentionScores(q, k, attentionMask, scale));
+            var pattern = Fire(h.Pattern, TransformerOps.AttentionPattern(scores));
             z = TransformerOps.AttentionApply(pattern, v);
         }
         else
         {
             z = TransformerOps.Attention(q, k, v, attentionMask, scale);
         }
-        z = h.Z.Fire(z);
+        z = Fire(h.Z, z);
 
         var outSpec = spec.Attention.Out;
         if (Config.UseAttnResult)
         {
             var wO = OutputWeightPerHead(outSpec);  // [head, d_head, d_model]
-            var result = h.Result.Fire(Torch.Einsum("bphd,hdm->bphm", z, wO));
+            var result = Fire(h.Result, Torch.Einsum("bphd,hdm->bphm", z, wO));
             var summed = result.Sum(2);
-            return outSpec.Bias is null ? summed : summed + Parameter(outSpec.Bias);
+            return outSpec.Bias is null ? summed : summed + P(outSpec.Bias);
         }
         return Linear(z.Reshape(z.Size(0), z.Size(1), Config.DModel), outSpec);
     }
@@ -175,8 +214,8 @@ public sealed partial class TransformerBridge
     /// <summary>The TL-layout q/k/v weights [head, d_model, d_head] and biases [head, d_head], as views of the fused HF weight.</summary>
     private (Tensor Wq, Tensor Wk, Tensor Wv, Tensor? Bq, Tensor? Bk, Tensor? Bv) SplitQkvWeights(AttentionSpec attention)
     {
-        var w = Parameter(attention.Qkv.Weight);
-        var b = attention.Qkv.Bias is null ? null : Parameter(attention.Qkv.Bias);
+        var w = P(attention.Qkv.Weight);
+        var b = attention.Qkv.Bias is null ? null : P(attention.Qkv.Bias);
         long nh = Config.NHeads, dh = Config.DHead, m = Config.DModel;
         Tensor[] ws, bs;
         if (attention.QkvLayout == QkvLayout.Gpt2Conv1D)
@@ -196,7 +235,7 @@ public sealed partial class TransformerBridge
     /// <summary>The output projection as [head, d_head, d_model], a view of the HF weight.</summary>
     private Tensor OutputWeightPerHead(LinearSpec spec)
     {
-        var w = Parameter(spec.Weight);
+        var w = P(spec.Weight);
         var inOut = spec.Layout == LinearLayout.InOut ? w : w.Transpose(0, 1);  // [head * d_head, d_model]
         return inOut.View(Config.NHeads, Config.DHead, Config.DModel);
     }

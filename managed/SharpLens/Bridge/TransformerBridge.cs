@@ -26,6 +26,9 @@ public sealed partial class TransformerBridge : HookedModel
 
     private TransformerBridge(LoadedModel model) : base(model.Config)
     {
+        var first = model.Parameters.Values.First();
+        Config.DType = first.DType;
+        Config.Device = first.Device;
         Adapter = model.Adapter;
         ModelDirectory = model.Directory;
         _parameters = new Dictionary<string, Tensor>(model.Parameters);
@@ -105,6 +108,42 @@ public sealed partial class TransformerBridge : HookedModel
 
     /// <summary>The TransformerLens weights (see <see cref="TlNamedParameters"/>).</summary>
     public IReadOnlyList<Tensor> TlParameters() => TlNamedParameters().Select(p => p.Weight).ToList();
+
+    /// <summary>
+    /// Moves and/or converts every parameter (new leaves that require grad, replacing the old ones) and keeps
+    /// <see cref="HookedModel.Config"/> in sync. Optimizers and TL views made before hold the old tensors:
+    /// create them after calling this. Returns this bridge.
+    /// </summary>
+    public TransformerBridge To(Device device, ScalarType? dtype = null)
+    {
+        ThrowIfDisposed();
+        var type = dtype ?? Config.DType;
+        if (!type.IsFloatingPoint()) throw new ArgumentException($"parameters must be floating point, not {type.ToTorchName()}");
+        var converted = new Dictionary<string, Tensor>();
+        try
+        {
+            using (Torch.NoGrad())
+                foreach (var (name, p) in _parameters)
+                {
+                    var t = p.To(device, type, copy: true).DetachFromScope();
+                    converted[name] = t;
+                    t.RequiresGrad = true;
+                }
+        }
+        catch
+        {
+            foreach (var t in converted.Values) t.Dispose();
+            throw;
+        }
+        foreach (var (name, p) in _parameters) p.Dispose();
+        foreach (var (name, t) in converted) _parameters[name] = t;
+        Config.DType = type;
+        Config.Device = device;
+        return this;
+    }
+
+    /// <summary>Converts every parameter to <paramref name="dtype"/> on the current device (see <see cref="To(Device, ScalarType?)"/>).</summary>
+    public TransformerBridge To(ScalarType dtype) => To(Config.Device, dtype);
 
     /// <summary>Releases the parameters; the bridge is unusable afterwards.</summary>
     public override void Dispose()
