@@ -6,7 +6,7 @@ namespace SharpLens.Cli;
 
 /// <summary>
 /// <c>lens cache</c>: logits, loss and hook activations of every batch of a tokens file (or of texts), and with
-/// <c>--backward</c> the parameter gradients of an objective.
+/// <c>--backward</c> the hook-point and parameter gradients of an objective.
 /// </summary>
 internal static class CacheCommand
 {
@@ -38,16 +38,16 @@ internal static class CacheCommand
         };
         var backward = new Option<string?>("--backward")
         {
-            Description = "Run this objective backward and write the parameter gradients b{i}.grad.param.<hf name>: " +
-                          "'loss' (mean next-token loss) or 'last-logits-sum' (logits[:, -1, :].sum()). " +
-                          "Backward-hook gradients (b{i}.grad.<hook>) are not produced yet",
+            Description = "Run this objective backward: 'loss' (mean next-token loss) or 'last-logits-sum' (logits[:, -1, :].sum()); " +
+                          "write the gradient at every cached hook point the backward pass reaches, b{i}.grad.<hook> " +
+                          "(TransformerLens's backward-hook gradient, the shape of b{i}.act.<hook>), and every parameter gradient, b{i}.grad.param.<hf name>",
         };
         backward.AcceptOnlyFromAmong("loss", "last-logits-sum");
         var output = new Option<string>("--out") { Description = "Output safetensors file", Required = true, HelpName = "OUT.safetensors" };
 
         var command = new Command("cache",
             "Run the model on each batch and write b{i}.logits [batch, pos, vocab], b{i}.loss (mean next-token loss) and " +
-            "b{i}.act.<hook> for every cached hook point (TransformerLens names); with --backward also b{i}.grad.param.<hf name>.")
+            "b{i}.act.<hook> for every cached hook point (TransformerLens names); with --backward also b{i}.grad.<hook> and b{i}.grad.param.<hf name>.")
         {
             modelDir, tokens, text, prependBos, names, dtype, allHooks, backward, output,
         };
@@ -118,12 +118,20 @@ internal static class CacheCommand
             Tensor loss;
             using (s.Backward is null ? Torch.NoGrad() : Torch.EnableGrad())
             {
-                (logits, cache) = bridge.RunWithCache(batch.Tokens, filter is null ? null : filter.IsMatch, batch.AttentionMask);
-                loss = TransformerBridge.LossFromLogits(logits, batch.Tokens, batch.AttentionMask);
+                Func<Tensor, Tensor>? objective = s.Backward switch
+                {
+                    null => null,
+                    "loss" => l => TransformerBridge.LossFromLogits(l, batch.Tokens, batch.AttentionMask),
+                    _ => l => l.Select(1, -1).Sum(),
+                };
+                // With an objective, the bridge backpropagates it and caches each reached hook's gradient as <hook>_grad.
+                (logits, cache) = bridge.RunWithCache(batch.Tokens, filter is null ? null : filter.IsMatch, batch.AttentionMask, objective);
             }
+            using (Torch.NoGrad()) loss = TransformerBridge.LossFromLogits(logits, batch.Tokens, batch.AttentionMask);
             using (cache)
             {
-                if (cache.Count == 0) throw NothingCached(bridge, s.Names!, filter!);
+                var gradients = cache.Keys.Where(k => IsGradient(bridge, k)).ToHashSet();
+                if (cache.Count == gradients.Count) throw NothingCached(bridge, s.Names!, filter!);
                 Keep(results, prefix + "logits", logits.Detach());
                 Keep(results, prefix + "loss", loss.Detach());
                 if (batch.WriteInputs)
@@ -131,13 +139,13 @@ internal static class CacheCommand
                     Keep(results, prefix + "input_ids", batch.Tokens.Alias());
                     Keep(results, prefix + "attention_mask", batch.AttentionMask?.Alias() ?? Torch.Ones(batch.Tokens.Shape, ScalarType.Int64));
                 }
-                foreach (var (name, activation) in cache.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                foreach (var (name, activation) in cache.Where(kv => !gradients.Contains(kv.Key)).OrderBy(kv => kv.Key, StringComparer.Ordinal))
                     Keep(results, prefix + "act." + name, activation.Alias());
+                foreach (var name in gradients.Order(StringComparer.Ordinal))
+                    Keep(results, prefix + "grad." + name[..^GradSuffix.Length], cache[name].Alias());
             }
             if (s.Backward is not null)
             {
-                var objective = s.Backward == "loss" ? loss : logits.Select(1, -1).Sum();
-                objective.Backward();
                 foreach (var (name, p) in bridge.NamedParameters())
                 {
                     using var grad = p.Grad;
@@ -153,6 +161,13 @@ internal static class CacheCommand
         context.Out.WriteLine($"wrote {results.Count} tensors to {s.Out}");
         return Program.Success;
     }
+
+    private const string GradSuffix = "_grad";
+
+    /// <summary>A cache entry <c>&lt;hook&gt;_grad</c> holding the backward-hook gradient of the cached hook point <c>&lt;hook&gt;</c>.</summary>
+    private static bool IsGradient(TransformerBridge bridge, string key) =>
+        key.EndsWith(GradSuffix, StringComparison.Ordinal) && bridge.HookDict.ContainsKey(key[..^GradSuffix.Length])
+        && !bridge.HookDict.ContainsKey(key);
 
     /// <summary>Moves a result out of the batch scope into the command's scope, which lives until the file is written.</summary>
     private static void Keep(List<KeyValuePair<string, Tensor>> results, string key, Tensor tensor) =>

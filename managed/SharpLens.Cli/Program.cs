@@ -5,8 +5,8 @@ namespace SharpLens.Cli;
 
 /// <summary>
 /// The <c>lens</c> command line: <c>cache</c>, <c>params</c> and <c>train</c> over a HuggingFace model folder,
-/// writing safetensors files. Exit codes: 0 success, 1 a user error (printed as <c>error: &lt;message&gt;</c>),
-/// 2 an unexpected failure (its message and exception type).
+/// writing safetensors files, and <c>verify</c>, the verification suite. Exit codes: 0 success, 1 a user error
+/// (printed as <c>error: &lt;message&gt;</c>) or a failed verification, 2 an unexpected failure (its message and exception type).
 /// </summary>
 public static class Program
 {
@@ -14,6 +14,8 @@ public static class Program
     public const int Success = 0;
     /// <summary>Exit code of a user error: bad arguments, a bad model folder or tokens file, an unwritable output.</summary>
     public const int UserError = 1;
+    /// <summary>Exit code of <c>lens verify</c> when a check fails (the same as a user error).</summary>
+    public const int VerificationFailed = 1;
     /// <summary>Exit code of an unexpected failure.</summary>
     public const int InternalError = 2;
 
@@ -21,12 +23,18 @@ public static class Program
     public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
 
     /// <summary>Runs <c>lens</c> with <paramref name="args"/>, writing to the given streams; returns the exit code.</summary>
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr) => Run(args, stdout, stderr, perturbReference: null);
+
+    /// <summary>
+    /// Test seam: as <see cref="Run(string[], TextWriter, TextWriter)"/>, with <paramref name="perturbReference"/> applied to
+    /// the reference model of <c>lens verify</c> before the checks run, so a test can make a check fail on purpose.
+    /// </summary>
+    internal static int Run(string[] args, TextWriter stdout, TextWriter stderr, Action<HookedTransformer>? perturbReference)
     {
         ArgumentNullException.ThrowIfNull(args);
         ArgumentNullException.ThrowIfNull(stdout);
         ArgumentNullException.ThrowIfNull(stderr);
-        var context = new CliContext(stdout, stderr);
+        var context = new CliContext(stdout, stderr) { PerturbReference = perturbReference };
         var root = BuildRootCommand(context);
         ParseResult parsed;
         try
@@ -73,10 +81,12 @@ public static class Program
     {
         var root = new RootCommand(
             "lens: SharpLens, a mechanistic-interpretability engine over libtorch (TransformerLens for .NET). " +
-            "Every command reads a HuggingFace model folder (config.json + model.safetensors) and writes a safetensors file.");
+            "Every command reads a HuggingFace model folder (config.json + model.safetensors); cache, params and train write " +
+            "a safetensors file, verify prints a table of checks (and JSON with --json).");
         root.Subcommands.Add(CacheCommand.Build(context));
         root.Subcommands.Add(ParamsCommand.Build(context));
         root.Subcommands.Add(TrainCommand.Build(context));
+        root.Subcommands.Add(VerifyCommand.Build(context));
         return root;
     }
 }
@@ -89,6 +99,9 @@ public sealed class CliContext(TextWriter stdout, TextWriter stderr)
 
     /// <summary>Where errors go.</summary>
     public TextWriter Error { get; } = stderr;
+
+    /// <summary>Test seam: applied to <c>lens verify</c>'s reference model before the checks run.</summary>
+    internal Action<HookedTransformer>? PerturbReference { get; init; }
 
     /// <summary>Runs a command body, mapping a <see cref="CliException"/> to exit code 1 and anything else to 2.</summary>
     public int Execute(Func<int> body)

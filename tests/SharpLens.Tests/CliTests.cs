@@ -77,6 +77,19 @@ public abstract class CliTestBase
         var d = MaxAbsDiff(expected, actual);
         Assert.That(d, Is.LessThanOrEqualTo(tol), $"{what}: max abs difference {d:G3}");
     }
+
+    /// <summary>Within <paramref name="tol"/> × max(1, max |expected|) (gradients can be large).</summary>
+    protected static void AssertCloseScaled(Tensor expected, Tensor actual, string what, double tol = 1e-4)
+    {
+        double magnitude;
+        using (var scope = Torch.NewScope())
+        {
+            var e = expected.To(ScalarType.Float64);
+            magnitude = Math.Max(1, e.Abs().MaskedFill(e.IsFinite().LogicalNot(), 0).Max().ToDouble());
+        }
+        var d = MaxAbsDiff(expected, actual);
+        Assert.That(d, Is.LessThanOrEqualTo(tol * magnitude), $"{what}: max abs difference {d:G3} at magnitude {magnitude:G3}");
+    }
 }
 
 /// <summary>
@@ -224,11 +237,131 @@ public class CliTests(string model) : CliTestBase
             var expected = ReferenceKeys($"grad.{referenceName}.param.").ToList();
             var actual = output.Keys.Where(k => k.StartsWith("b0.grad.param.")).Select(k => k["b0.grad.param.".Length..]).ToList();
             Assert.That(actual, Is.EquivalentTo(expected), "one gradient per HF parameter");
+            var hooks = output.Keys.Where(k => k.StartsWith("b0.grad.") && !k.StartsWith("b0.grad.param.")).ToList();
+            Assert.That(hooks, Is.EqualTo(new[] { "b0.grad.hook_embed" }), "--names selects the hook gradients too");
             Assert.Multiple(() =>
             {
                 foreach (var name in expected)
                     AssertClose(_reference[$"grad.{referenceName}.param.{name}"], output["b0.grad.param." + name], name);
                 AssertClose(_reference["logits"], output["b0.logits"], "logits with --backward");
+                if (_reference.TryGetValue($"grad.{referenceName}.hook_embed", out var embedGrad))
+                    AssertCloseScaled(embedGrad, output["b0.grad.hook_embed"], "grad.hook_embed");
+            });
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    /// <summary>Every backward-hook gradient TransformerLens recorded for logits[:, -1, :].sum(), hook by hook.</summary>
+    [Test]
+    public void CacheBackwardWritesHookGradients()
+    {
+        var outPath = TempPath($"cache-hook-grad-{model}.safetensors");
+        AssertSuccess(Lens("cache", ModelDir, "--tokens", _tokens, "--backward", "last-logits-sum", "--out", outPath));
+        var output = Load(outPath);
+        try
+        {
+            var expected = ReferenceKeys("grad.last_logits_sum.").Where(k => !k.StartsWith("param.")).ToList();
+            Assert.That(expected, Has.Count.GreaterThanOrEqualTo(30));
+            var written = GradientHooks(output);
+            Assert.That(written, Is.SupersetOf(expected), "a gradient for every hook TransformerLens has one for");
+            Assert.Multiple(() =>
+            {
+                foreach (var hook in written)
+                    Assert.That(output.TryGetValue("b0.act." + hook, out var act) ? act.Shape : null, Is.EqualTo(output["b0.grad." + hook].Shape),
+                        $"b0.grad.{hook} has the shape of b0.act.{hook}");
+                foreach (var hook in expected)
+                    AssertCloseScaled(_reference["grad.last_logits_sum." + hook], output["b0.grad." + hook], "grad." + hook);
+            });
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    /// <summary>
+    /// The loss's hook gradients (the fixture holds none to compare with): the same hooks as for last-logits-sum, and
+    /// consistent with each other: the embedding feeds the first residual stream unchanged, so their gradients agree.
+    /// </summary>
+    [Test]
+    public void CacheBackwardLossWritesConsistentHookGradients()
+    {
+        var outPath = TempPath($"cache-hook-grad-loss-{model}.safetensors");
+        AssertSuccess(Lens("cache", ModelDir, "--tokens", _tokens, "--backward", "loss", "--out", outPath));
+        var output = Load(outPath);
+        try
+        {
+            var expected = ReferenceKeys("grad.last_logits_sum.").Where(k => !k.StartsWith("param.")).ToList();
+            Assert.That(GradientHooks(output), Is.SupersetOf(expected));
+            Assert.Multiple(() =>
+            {
+                AssertClose(output["b0.grad.blocks.0.hook_resid_pre"], output["b0.grad.hook_embed"], "grad.hook_embed vs grad.blocks.0.hook_resid_pre", 1e-6);
+                if (output.ContainsKey("b0.grad.hook_pos_embed"))
+                    AssertClose(output["b0.grad.blocks.0.hook_resid_pre"], output["b0.grad.hook_pos_embed"], "grad.hook_pos_embed", 1e-6);
+                using var scope = Torch.NewScope();
+                Assert.That(output["b0.grad.ln_final.hook_normalized"].Abs().Sum().ToDouble(), Is.GreaterThan(0), "a non-zero gradient");
+            });
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    private static List<string> GradientHooks(Dictionary<string, Tensor> output) =>
+        output.Keys.Where(k => k.StartsWith("b0.grad.") && !k.StartsWith("b0.grad.param.")).Select(k => k["b0.grad.".Length..]).ToList();
+
+    /// <summary>All four processing flags: TransformerLens's processed state dict, less the rotary buffers SharpLens does not export.</summary>
+    [Test]
+    public void ParamsWithEveryProcessingFlagReproducesTransformerLens()
+    {
+        var outPath = TempPath($"params-processed-{model}.safetensors");
+        var r = Lens("params", ModelDir, "--fold-ln", "--center-writing-weights", "--center-unembed", "--fold-value-biases", "--out", outPath);
+        AssertSuccess(r);
+        Assert.That(r.Out, Does.Contain("processed TransformerLens weights"));
+        var output = Load(outPath);
+        try
+        {
+            var expected = ReferenceKeys("tl_processed.").Where(k => !k.EndsWith(".rotary_cos") && !k.EndsWith(".rotary_sin")).ToList();
+            Assert.That(output.Keys, Is.EquivalentTo(expected));
+            Assert.Multiple(() =>
+            {
+                foreach (var name in expected)
+                {
+                    Assert.That(output[name].DType, Is.EqualTo(ScalarType.Float32), name);
+                    AssertClose(_reference["tl_processed." + name], output[name], name, 1e-5);
+                }
+            });
+        }
+        finally
+        {
+            Free(output);
+        }
+    }
+
+    /// <summary>One processing flag implies TL names; --center-unembed changes only the unembedding, by its mean over the vocabulary.</summary>
+    [Test]
+    public void ParamsCenterUnembedAloneImpliesTlNames()
+    {
+        var outPath = TempPath($"params-center-unembed-{model}.safetensors");
+        AssertSuccess(Lens("params", ModelDir, "--center-unembed", "--out", outPath));
+        var output = Load(outPath);
+        try
+        {
+            var expected = ReferenceKeys("tl.").Where(k => !k.Contains("rotary_")).ToList();
+            Assert.That(output.Keys, Is.EquivalentTo(expected));
+            Assert.Multiple(() =>
+            {
+                using var scope = Torch.NewScope();
+                foreach (var name in expected.Where(n => !n.StartsWith("unembed.")))
+                    AssertClose(_reference["tl." + name], output[name], name, 1e-6);
+                var wU = _reference["tl.unembed.W_U"].To(ScalarType.Float64);
+                AssertClose(wU - wU.Mean(-1, keepDim: true), output["unembed.W_U"], "centred W_U", 1e-5);
+                var mean = output["unembed.W_U"].To(ScalarType.Float64).Mean(-1);
+                Assert.That(mean.Abs().Max().ToDouble(), Is.LessThan(1e-6), "W_U has zero mean over the vocabulary");
             });
         }
         finally
@@ -446,8 +579,16 @@ public class CliErrorTests : CliTestBase
     [Test]
     public void UnknownOptionIsAParseError()
     {
-        var r = Lens("params", ModelDir, "--fold-ln", "--out", TempPath("x.safetensors"));
-        AssertUserError(r, "--fold-ln");
+        var r = Lens("params", ModelDir, "--fold-everything", "--out", TempPath("x.safetensors"));
+        AssertUserError(r, "--fold-everything");
+    }
+
+    [Test]
+    public void CenterWritingWeightsWithoutFoldLn()
+    {
+        var outPath = TempPath("center-without-fold.safetensors");
+        AssertUserError(Lens("params", ModelDir, "--center-writing-weights", "--out", outPath), "--center-writing-weights", "--fold-ln");
+        Assert.That(File.Exists(outPath), Is.False);
     }
 
     [Test]
@@ -460,6 +601,8 @@ public class CliErrorTests : CliTestBase
         var before = Torch.LiveTensors;
         AssertSuccess(Lens("cache", ModelDir, "--tokens", tokens, "--backward", "loss", "--all-hooks", "--out", TempPath("leak-cache.safetensors")));
         AssertSuccess(Lens("params", ModelDir, "--tl", "--out", TempPath("leak-params.safetensors")));
+        AssertSuccess(Lens("params", ModelDir, "--fold-ln", "--center-writing-weights", "--center-unembed", "--fold-value-biases",
+            "--out", TempPath("leak-params-processed.safetensors")));
         AssertSuccess(Lens("train", ModelDir, "--tokens", tokens, "--steps", "2", "--out", TempPath("leak-train.safetensors")));
         Assert.That(Lens("cache", ModelDir, "--tokens", tokens, "--names", "hook_result", "--out", TempPath("x.safetensors")).ExitCode, Is.EqualTo(1));
         Assert.That(Torch.LiveTensors, Is.EqualTo(before), "live native tensors after the commands");
@@ -470,10 +613,17 @@ public class CliErrorTests : CliTestBase
     {
         var r = Lens("--help");
         Assert.That(r.ExitCode, Is.EqualTo(0), r.Error);
-        Assert.That(r.Out, Does.Contain("cache").And.Contain("params").And.Contain("train"));
+        Assert.That(r.Out, Does.Contain("cache").And.Contain("params").And.Contain("train").And.Contain("verify"));
         var cache = Lens("cache", "--help");
         Assert.That(cache.ExitCode, Is.EqualTo(0), cache.Error);
-        Assert.That(cache.Out, Does.Contain("--backward").And.Contain("not produced yet"));
+        Assert.That(cache.Out, Does.Contain("--backward").And.Contain("b{i}.grad.<hook>").And.Not.Contain("not produced"));
+        var parameters = Lens("params", "--help");
+        Assert.That(parameters.ExitCode, Is.EqualTo(0), parameters.Error);
+        Assert.That(parameters.Out, Does.Contain("--fold-ln").And.Contain("--center-writing-weights").And.Contain("--center-unembed")
+            .And.Contain("--fold-value-biases").And.Not.Contain("not available"));
+        var verify = Lens("verify", "--help");
+        Assert.That(verify.ExitCode, Is.EqualTo(0), verify.Error);
+        Assert.That(verify.Out, Does.Contain("--dtype").And.Contain("--tokens").And.Contain("--json"));
     }
 }
 
