@@ -11,6 +11,17 @@ public enum QkvLayout
     NeoXInterleaved = 1,
 }
 
+/// <summary>Which attention implementation <see cref="TransformerOps.Attention(Tensor, Tensor, Tensor, Tensor?, double, AttentionImplementation)"/> runs.</summary>
+public enum AttentionImplementation
+{
+    /// <summary>The fused kernel where it applies (float32/float64 on CPU), the composition otherwise.</summary>
+    Auto = 0,
+    /// <summary>The fused CPU kernel: blocked over queries, online softmax, scores never materialised; fails where it does not apply.</summary>
+    Fused = 1,
+    /// <summary>The plain libtorch composition: matmul, mask, softmax, matmul.</summary>
+    Composed = 2,
+}
+
 /// <summary>
 /// Transformer building blocks that run as one native call each: QKV splitting, the attention core
 /// (in one call, or in three stages when hooks need the scores or the pattern) and rotary embeddings.
@@ -35,9 +46,17 @@ public static class TransformerOps
     /// <summary>Weighted values: pattern [batch, head, q, k] and v [batch, k, head, d_head] give z [batch, q, head, d_head].</summary>
     public static Tensor AttentionApply(Tensor pattern, Tensor v) => Tensor.Wrap(NativeMethods.sl_attention_apply(pattern.Handle, v.Handle, out var r), r);
 
-    /// <summary>Scores, pattern and weighted values in one call, when nothing needs the intermediate tensors.</summary>
+    /// <summary>
+    /// Scores, pattern and weighted values in one call, when nothing needs the intermediate tensors: causal attention
+    /// of q [batch, q_pos, head, d_head] over k, v [batch, k_pos, kv_head, d_head] (grouped-query when kv_head divides head),
+    /// with keys whose <paramref name="keyMask"/> is 0 hidden. Returns z [batch, q_pos, head, d_head].
+    /// </summary>
     public static Tensor Attention(Tensor q, Tensor k, Tensor v, Tensor? keyMask, double scale) =>
         Tensor.Wrap(NativeMethods.sl_attention(q.Handle, k.Handle, v.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
+
+    /// <summary>As <see cref="Attention(Tensor, Tensor, Tensor, Tensor?, double)"/>, with a chosen implementation.</summary>
+    public static Tensor Attention(Tensor q, Tensor k, Tensor v, Tensor? keyMask, double scale, AttentionImplementation implementation) =>
+        Tensor.Wrap(NativeMethods.sl_attention_with((int)implementation, q.Handle, k.Handle, v.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
 
     /// <summary>GPT-NeoX rotary embedding on the first <paramref name="rotaryDim"/> features of x [batch, pos, head, d_head] at int64 positions [batch, pos].</summary>
     public static Tensor Rotary(Tensor x, Tensor positions, long rotaryDim, double rotaryBase) =>

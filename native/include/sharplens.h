@@ -272,8 +272,14 @@ SL_API sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mas
 SL_API sl_status sl_attention_pattern(sl_tensor scores, sl_tensor* pattern);
 /* pattern [b, h, p_q, p_k], v [b, p_k, h, d] -> z [b, p_q, h, d]. */
 SL_API sl_status sl_attention_apply(sl_tensor pattern, sl_tensor v, sl_tensor* z);
-/* The three steps above in one call, for when no hook needs scores or pattern: q, k, v -> z. */
+/* The three steps above in one call, for when no hook needs scores or pattern: q, k, v -> z. k and v may have
+ * fewer heads than q (grouped-query attention: query head h reads key/value head h / (h_q / h_kv)). Uses the
+ * fused kernel where it applies (float32/float64 on CPU), the composition otherwise. */
 SL_API sl_status sl_attention(sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask, double scale, sl_tensor* z);
+enum { SL_ATTENTION_AUTO = 0, SL_ATTENTION_FUSED = 1, SL_ATTENTION_COMPOSED = 2 };
+/* sl_attention with a chosen implementation (for tests and benchmarks); FUSED fails where it does not apply. */
+SL_API sl_status sl_attention_with(int32_t implementation, sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask,
+                                   double scale, sl_tensor* z);
 /* GPT-NeoX rotary embedding (rotate-half form) on the first rotary_dim features of x [b, p, h, d], at
  * the int64 positions [b, p]. */
 SL_API sl_status sl_rotary(sl_tensor x, sl_tensor positions, int64_t rotary_dim, double base, sl_tensor* out);

@@ -29,7 +29,7 @@ public static class Program
         // ./build.sh bench to a few minutes on two cores.
         var job = Job.Default.WithToolchain(InProcessEmitToolchain.Instance)
             .WithLaunchCount(1).WithWarmupCount(3).WithIterationCount(10);
-        var config = ManualConfig.Create(DefaultConfig.Instance).AddJob(job).WithOptions(ConfigOptions.JoinSummary);
+        var config = ManualConfig.Create(DefaultConfig.Instance).AddJob(job);
         var summaries = BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(rest.ToArray(), config).ToList();
 
         if (summaryPath is not null && summaries.Count > 0)

@@ -9,5 +9,6 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)] internal static partial int sl_attention_pattern(TensorHandle scores, out nint pattern);
     [LibraryImport(Library)] internal static partial int sl_attention_apply(TensorHandle pattern, TensorHandle v, out nint z);
     [LibraryImport(Library)] internal static partial int sl_attention(TensorHandle q, TensorHandle k, TensorHandle v, TensorHandle keyMask, double scale, out nint z);
+    [LibraryImport(Library)] internal static partial int sl_attention_with(int implementation, TensorHandle q, TensorHandle k, TensorHandle v, TensorHandle keyMask, double scale, out nint z);
     [LibraryImport(Library)] internal static partial int sl_rotary(TensorHandle x, TensorHandle positions, long rotaryDim, double rotaryBase, out nint result);
 }

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "common.h"
+#include "kernels/attention.h"
 
 using sl::get;
 using sl::new_handle;
@@ -47,10 +48,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_split(int32_t layout, const a
   throw sl::ArgumentError("unknown QKV layout " + std::to_string(layout));
 }
 
-at::Tensor attention_scores(const at::Tensor& q, const at::Tensor& k, const c10::optional<at::Tensor>& key_mask,
+// Grouped-query attention in the composed path: each key/value head serves h_q / h_kv query heads.
+at::Tensor expand_kv_heads(const at::Tensor& kv, int64_t query_heads) {
+  const int64_t kv_heads = kv.size(2);
+  if (kv_heads == query_heads) return kv;
+  if (kv_heads <= 0 || query_heads % kv_heads != 0)
+    throw sl::ArgumentError("query heads (" + std::to_string(query_heads) + ") must be a multiple of key/value heads (" +
+                            std::to_string(kv_heads) + ")");
+  return kv.repeat_interleave(query_heads / kv_heads, 2);
+}
+
+at::Tensor attention_scores(const at::Tensor& q, const at::Tensor& k_in, const c10::optional<at::Tensor>& key_mask,
                             double scale) {
   check_rank(q, 4, "q", "[batch, pos, head, d_head]");
-  check_rank(k, 4, "k", "[batch, pos, head, d_head]");
+  check_rank(k_in, 4, "k", "[batch, pos, head, d_head]");
+  const auto k = expand_kv_heads(k_in, q.size(2));
   const int64_t pq = q.size(1), pk = k.size(1);
   auto scores = at::matmul(q.permute({0, 2, 1, 3}), k.permute({0, 2, 3, 1})).mul(scale);  // [b, h, q, k]
   // Query i sits at key position i + (pk - pq), so cached prefixes keep causality.
@@ -76,11 +88,32 @@ at::Tensor attention_pattern(const at::Tensor& scores) {
   return pattern.to(scores.scalar_type());
 }
 
-at::Tensor attention_apply(const at::Tensor& pattern, const at::Tensor& v) {
+at::Tensor attention_apply(const at::Tensor& pattern, const at::Tensor& v_in) {
   check_rank(pattern, 4, "pattern", "[batch, head, q_pos, k_pos]");
-  check_rank(v, 4, "v", "[batch, pos, head, d_head]");
+  check_rank(v_in, 4, "v", "[batch, pos, head, d_head]");
+  const auto v = expand_kv_heads(v_in, pattern.size(1));
   auto z = at::matmul(pattern.to(v.scalar_type()), v.permute({0, 2, 1, 3}));  // [b, h, q, d]
   return z.permute({0, 2, 1, 3});
+}
+
+at::Tensor attention(int32_t implementation, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const c10::optional<at::Tensor>& key_mask, double scale) {
+  check_rank(q, 4, "q", "[batch, pos, head, d_head]");
+  check_rank(k, 4, "k", "[batch, pos, head, d_head]");
+  check_rank(v, 4, "v", "[batch, pos, head, d_head]");
+  if (key_mask && (key_mask->dim() != 2 || key_mask->size(0) != q.size(0) || key_mask->size(1) != k.size(1)))
+    throw sl::ArgumentError("key mask must be [batch, key_pos] = [" + std::to_string(q.size(0)) + ", " +
+                            std::to_string(k.size(1)) + "], got " + c10::str(key_mask->sizes()));
+  const bool fusable = sl::kernels::fused_attention_supported(q, k, v);
+  if (implementation == SL_ATTENTION_FUSED && !fusable)
+    throw sl::ArgumentError("the fused attention kernel needs float32 or float64 CPU tensors q [b, p_q, h, d] and k, v "
+                            "[b, p_k >= p_q, h_kv, d] with h divisible by h_kv; got q " + c10::str(q.sizes()) + " " +
+                            std::string(c10::toString(q.scalar_type())) + ", k " + c10::str(k.sizes()));
+  if (implementation < SL_ATTENTION_AUTO || implementation > SL_ATTENTION_COMPOSED)
+    throw sl::ArgumentError("unknown attention implementation " + std::to_string(implementation));
+  if (fusable && implementation != SL_ATTENTION_COMPOSED)
+    return sl::kernels::fused_attention(q, k, v, key_mask ? *key_mask : at::Tensor(), scale);
+  return attention_apply(attention_pattern(attention_scores(q, k, key_mask, scale)), v);
 }
 
 at::Tensor rotate_half(const at::Tensor& x) {
@@ -145,10 +178,13 @@ sl_status sl_attention_apply(sl_tensor pattern, sl_tensor v, sl_tensor* z) {
 }
 
 sl_status sl_attention(sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask, double scale, sl_tensor* z) {
+  return sl_attention_with(SL_ATTENTION_AUTO, q, k, v, key_mask, scale, z);
+}
+
+sl_status sl_attention_with(int32_t implementation, sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask,
+                            double scale, sl_tensor* z) {
   SL_TRY
-  const auto& vv = get(v, "v");
-  auto pattern = attention_pattern(attention_scores(get(q, "q"), get(k, "k"), sl::get_optional(key_mask), scale));
-  SL_OUT(z) = new_handle(attention_apply(pattern, vv));
+  SL_OUT(z) = new_handle(attention(implementation, get(q, "q"), get(k, "k"), get(v, "v"), sl::get_optional(key_mask), scale));
   SL_CATCH
 }
 
