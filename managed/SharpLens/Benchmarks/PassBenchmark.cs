@@ -8,6 +8,7 @@ namespace SharpLens.Benchmarks;
 public sealed record PassTimings(
     [property: JsonPropertyName("forward_s")] double ForwardSeconds,
     [property: JsonPropertyName("run_with_cache_s")] double RunWithCacheSeconds,
+    [property: JsonPropertyName("forward_noop_hooks_s")] double ForwardNoOpHooksSeconds,
     [property: JsonPropertyName("fwd_bwd_s")] double ForwardBackwardSeconds,
     [property: JsonPropertyName("fwd_bwd_all_bwd_hooks_s")] double ForwardBackwardAllBackwardHooksSeconds,
     [property: JsonPropertyName("tokens")] long Tokens,
@@ -22,7 +23,7 @@ public sealed record PassTimings(
 
 /// <summary>
 /// Times what interpretability work repeats thousands of times on one model: a plain forward pass,
-/// RunWithCache of every hook point, forward + backward of <c>logits[:, -1, :].sum()</c>, and the same with
+/// RunWithCache of every hook point, a forward pass with a no-op managed hook on every hook point, forward + backward of <c>logits[:, -1, :].sum()</c>, and the same with
 /// a backward hook on every hook point capturing its gradient. Each pass runs once untimed, then
 /// <c>reps</c> times; the median is reported. Autograd records as it does by default (as in TransformerLens).
 /// </summary>
@@ -45,6 +46,13 @@ public static class PassBenchmark
             hookCount = c.Count;
             c.Dispose();
         });
+        double noOp;
+        using (bridge.AddHook(_ => true, (_, _) => null))
+            noOp = Median(reps, progress, "forward_noop_hooks", () =>
+            {
+                using var scope = Torch.NewScope();
+                bridge.Forward(tokens);
+            });
         var fwdBwd = Median(reps, progress, "fwd_bwd", () =>
         {
             using var scope = Torch.NewScope();
@@ -67,7 +75,7 @@ public static class PassBenchmark
             captured.Clear();
             ClearGrads(bridge);
         });
-        return new PassTimings(forward, cache, fwdBwd, fwdBwdHooks, tokens.NumEl, Torch.NumThreads, reps, hookCount, backwardHookCount);
+        return new PassTimings(forward, cache, noOp, fwdBwd, fwdBwdHooks, tokens.NumEl, Torch.NumThreads, reps, hookCount, backwardHookCount);
     }
 
     private static void ClearGrads(TransformerBridge bridge)
