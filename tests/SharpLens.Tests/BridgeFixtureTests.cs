@@ -9,34 +9,10 @@ namespace SharpLens.Tests;
 /// </summary>
 [TestFixture("tiny-gpt2")]
 [TestFixture("tiny-pythia")]
-public class BridgeFixtureTests(string model)
+public class BridgeFixtureTests(string model) : FixtureTest(model)
 {
     private const double Tolerance = 1e-4;
-    private Dictionary<string, Tensor> _reference = null!;
-    private Tensor Tokens => _reference["input_ids"];
-
-    [OneTimeSetUp]
-    public void LoadReference() => _reference = SafeTensors.Load(Path.Combine(Fixtures.Path(model), "reference.safetensors"));
-
-    [OneTimeTearDown]
-    public void Free()
-    {
-        foreach (var t in _reference.Values) t.Dispose();
-    }
-
     private TransformerBridge LoadBridge(BridgeOptions? options = null) => TransformerBridge.Load(Fixtures.Path(model), options);
-
-    private static double MaxAbsDiff(Tensor expected, Tensor actual)
-    {
-        Assert.That(actual.Shape, Is.EqualTo(expected.Shape), "shape");
-        using var scope = Torch.NewScope();
-        var e = expected.To(ScalarType.Float64);
-        var a = actual.To(ScalarType.Float64);
-        // -inf entries (masked attention scores) must match exactly; compare the rest numerically.
-        var bothInf = e.IsFinite().LogicalNot().LogicalAnd(e.Eq(a));
-        var diff = (e - a).Abs().MaskedFill(bothInf, 0);
-        return diff.Max().ToDouble();
-    }
 
     private static void AssertClose(Tensor expected, Tensor actual, string what, double tol = Tolerance)
     {
@@ -49,7 +25,7 @@ public class BridgeFixtureTests(string model)
     {
         using var bridge = LoadBridge();
         using var scope = Torch.NewScope();
-        AssertClose(_reference["logits"], bridge.Forward(Tokens), "logits");
+        AssertClose(Reference["logits"], bridge.Forward(Tokens), "logits");
     }
 
     [Test]
@@ -58,7 +34,7 @@ public class BridgeFixtureTests(string model)
         using var bridge = LoadBridge();
         using var scope = Torch.NewScope();
         var loss = bridge.Loss(Tokens);
-        Assert.That(loss.ToDouble(), Is.EqualTo(_reference["loss"].ToDouble()).Within(Tolerance));
+        Assert.That(loss.ToDouble(), Is.EqualTo(Reference["loss"].ToDouble()).Within(Tolerance));
     }
 
     [Test]
@@ -69,13 +45,13 @@ public class BridgeFixtureTests(string model)
         var (_, cache) = bridge.RunWithCache(Tokens);
         using (cache)
         {
-            var expectedKeys = _reference.Keys.Where(k => k.StartsWith("act.")).Select(k => k[4..]).Where(cache.ContainsKey).ToList();
+            var expectedKeys = Reference.Keys.Where(k => k.StartsWith("act.")).Select(k => k[4..]).Where(cache.ContainsKey).ToList();
             Assert.That(expectedKeys, Has.Count.GreaterThan(20));
             Assert.Multiple(() =>
             {
-                foreach (var name in expectedKeys) AssertClose(_reference["act." + name], cache[name], name);
+                foreach (var name in expectedKeys) AssertClose(Reference["act." + name], cache[name], name);
             });
-            var missing = _reference.Keys.Where(k => k.StartsWith("act.")).Select(k => k[4..])
+            var missing = Reference.Keys.Where(k => k.StartsWith("act.")).Select(k => k[4..])
                 .Where(k => !cache.ContainsKey(k) && !IsOptional(k)).ToList();
             Assert.That(missing, Is.Empty, "always-on hooks the bridge did not fire");
         }
@@ -89,15 +65,15 @@ public class BridgeFixtureTests(string model)
     {
         using var bridge = LoadBridge(new BridgeOptions { AllOptionalHooks = true });
         using var scope = Torch.NewScope();
-        var optional = _reference.Keys.Where(k => k.StartsWith("act.")).Select(k => k[4..]).Where(IsOptional).ToList();
+        var optional = Reference.Keys.Where(k => k.StartsWith("act.")).Select(k => k[4..]).Where(IsOptional).ToList();
         Assert.That(optional, Has.Count.GreaterThanOrEqualTo(8));
         var (logits, cache) = bridge.RunWithCache(Tokens, optional.Contains);
         using (cache)
         {
             Assert.Multiple(() =>
             {
-                foreach (var name in optional) AssertClose(_reference["act." + name], cache[name], name);
-                AssertClose(_reference["logits"], logits, "logits with every optional hook on");
+                foreach (var name in optional) AssertClose(Reference["act." + name], cache[name], name);
+                AssertClose(Reference["logits"], logits, "logits with every optional hook on");
             });
         }
     }
@@ -108,11 +84,11 @@ public class BridgeFixtureTests(string model)
         using var bridge = LoadBridge();
         using var scope = Torch.NewScope();
         var tl = bridge.TlNamedParameters().ToDictionary(p => p.Name, p => p.Weight);
-        var expected = _reference.Keys.Where(k => k.StartsWith("tl.") && !k.Contains("rotary_")).Select(k => k[3..]).ToList();
+        var expected = Reference.Keys.Where(k => k.StartsWith("tl.") && !k.Contains("rotary_")).Select(k => k[3..]).ToList();
         Assert.That(tl.Keys, Is.EquivalentTo(expected));
         Assert.Multiple(() =>
         {
-            foreach (var name in expected) AssertClose(_reference["tl." + name], tl[name], name, 0);
+            foreach (var name in expected) AssertClose(Reference["tl." + name], tl[name], name, 0);
         });
     }
 
@@ -123,14 +99,14 @@ public class BridgeFixtureTests(string model)
         using var bridge = LoadBridge();
         using var scope = Torch.NewScope();
         var output = objective == "loss" ? bridge.Loss(Tokens) : bridge.Forward(Tokens).Select(1, -1).Sum();
-        Assert.That(output.ToDouble(), Is.EqualTo(_reference[objective].ToDouble()).Within(Tolerance));
+        Assert.That(output.ToDouble(), Is.EqualTo(Reference[objective].ToDouble()).Within(Tolerance));
         output.Backward();
         var named = bridge.NamedParameters();
-        var expected = _reference.Keys.Where(k => k.StartsWith($"grad.{objective}.param.")).ToList();
+        var expected = Reference.Keys.Where(k => k.StartsWith($"grad.{objective}.param.")).ToList();
         Assert.That(named.Select(p => $"grad.{objective}.param.{p.Name}"), Is.EquivalentTo(expected), "one gradient per HF parameter");
         Assert.Multiple(() =>
         {
-            foreach (var (name, p) in named) AssertClose(_reference[$"grad.{objective}.param.{name}"], p.Grad!, name);
+            foreach (var (name, p) in named) AssertClose(Reference[$"grad.{objective}.param.{name}"], p.Grad!, name);
         });
     }
 
@@ -147,7 +123,7 @@ public class BridgeFixtureTests(string model)
     {
         const double lr = 1e-3, weightDecay = 0.01, eps = 1e-8;
         using var bridge = LoadBridge();
-        var expectedLosses = _reference["adamw.losses"].ToArray<float>();
+        var expectedLosses = Reference["adamw.losses"].ToArray<float>();
         var initial = bridge.NamedParameters().ToDictionary(p => p.Name, p => p.Parameter.Detach().Clone().DetachFromScope());
         using var optimizer = new AdamW(bridge.Parameters(), lr: lr, weightDecay: weightDecay);
         for (var step = 1; step <= 10; step++)
@@ -163,7 +139,7 @@ public class BridgeFixtureTests(string model)
                 {
                     foreach (var (name, p) in bridge.NamedParameters())
                     {
-                        var g = _reference[$"grad.loss.param.{name}"].To(ScalarType.Float64);
+                        var g = Reference[$"grad.loss.param.{name}"].To(ScalarType.Float64);
                         var p0 = initial[name].To(ScalarType.Float64);
                         var expected = p0 * (1 - lr * weightDecay) - lr * g / (g.Abs() + eps);
                         // Where PyTorch's gradient is float noise (the key bias has a mathematically zero gradient),
@@ -179,7 +155,7 @@ public class BridgeFixtureTests(string model)
                 Assert.Multiple(() =>
                 {
                     foreach (var (name, p) in bridge.NamedParameters())
-                        AssertClose(_reference[$"adamw.step10.param.{name}"], p, $"{name} after step 10");
+                        AssertClose(Reference[$"adamw.step10.param.{name}"], p, $"{name} after step 10");
                 });
         }
         foreach (var t in initial.Values) t.Dispose();

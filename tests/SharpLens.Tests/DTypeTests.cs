@@ -5,20 +5,8 @@ namespace SharpLens.Tests;
 /// <summary>Half-precision forward on CPU, float64, and To(device, dtype) keeping config and parameters in sync.</summary>
 [TestFixture("tiny-gpt2")]
 [TestFixture("tiny-pythia")]
-public class DTypeTests(string model)
+public class DTypeTests(string model) : FixtureTest(model)
 {
-    private Dictionary<string, Tensor> _reference = null!;
-    private Tensor Tokens => _reference["input_ids"];
-
-    [OneTimeSetUp]
-    public void LoadReference() => _reference = SafeTensors.Load(Path.Combine(Fixtures.Path(model), "reference.safetensors"));
-
-    [OneTimeTearDown]
-    public void Free()
-    {
-        foreach (var t in _reference.Values) t.Dispose();
-    }
-
     // bfloat16 keeps 8 significant bits (relative step 2^-8), float16 11 (2^-11); the logits here are O(1),
     // so a few steps of rounding across two layers bound the error.
     [TestCase(ScalarType.BFloat16, 0.05)]
@@ -31,7 +19,7 @@ public class DTypeTests(string model)
         using (cache)
         {
             Assert.That(logits.DType, Is.EqualTo(dtype));
-            Assert.That((logits.To(ScalarType.Float32) - _reference["logits"]).Abs().Max().ToDouble(), Is.LessThan(tolerance));
+            Assert.That((logits.To(ScalarType.Float32) - Reference["logits"]).Abs().Max().ToDouble(), Is.LessThan(tolerance));
             var pattern = cache["pattern", 1];
             Assert.That(pattern.DType, Is.EqualTo(dtype), "the pattern is cast to the value dtype");
             Assert.That(cache["v", 1].DType, Is.EqualTo(dtype));
@@ -61,7 +49,7 @@ public class DTypeTests(string model)
         });
         var logits64 = bridge.Forward(Tokens);
         Assert.That(logits64.DType, Is.EqualTo(ScalarType.Float64));
-        Assert.That((logits64 - _reference["logits"].To(ScalarType.Float64)).Abs().Max().ToDouble(), Is.LessThan(1e-4));
+        Assert.That((logits64 - Reference["logits"].To(ScalarType.Float64)).Abs().Max().ToDouble(), Is.LessThan(1e-4));
         using (var views = new DisposableList(bridge.TlParameters()))
             Assert.That(views.Items.All(v => v.DType == ScalarType.Float64));
         bridge.To(Device.CPU, ScalarType.Float32);

@@ -21,3 +21,42 @@ internal static class Fixtures
     /// <summary>tests/fixtures/NAME.</summary>
     public static string Path(string name) => System.IO.Path.Combine(RepoRoot, "tests", "fixtures", name);
 }
+
+/// <summary>
+/// Base of the test classes that run one fixture model against its reference.safetensors (HuggingFace and
+/// TransformerLens numbers): loads the reference once and compares tensors the same way everywhere.
+/// </summary>
+public abstract class FixtureTest(string model)
+{
+    /// <summary>The fixture's name (tiny-gpt2, tiny-pythia).</summary>
+    protected string Model { get; } = model;
+
+    /// <summary>The reference tensors by key.</summary>
+    protected Dictionary<string, Tensor> Reference { get; private set; } = null!;
+
+    /// <summary>The reference input_ids [2, 12].</summary>
+    protected Tensor Tokens => Reference["input_ids"];
+
+    /// <summary>The fixture's model directory.</summary>
+    protected string ModelDir => Fixtures.Path(Model);
+
+    [OneTimeSetUp]
+    public void LoadReference() => Reference = SharpLens.Tensors.IO.SafeTensors.Load(System.IO.Path.Combine(ModelDir, "reference.safetensors"));
+
+    [OneTimeTearDown]
+    public void FreeReference()
+    {
+        foreach (var t in Reference.Values) t.Dispose();
+    }
+
+    /// <summary>Max absolute difference in float64, shapes asserted equal; -inf entries (masked scores) must match exactly.</summary>
+    protected static double MaxAbsDiff(Tensor expected, Tensor actual)
+    {
+        Assert.That(actual.Shape, Is.EqualTo(expected.Shape), "shape");
+        using var scope = Torch.NewScope();
+        var e = expected.To(ScalarType.Float64);
+        var a = actual.To(ScalarType.Float64);
+        var bothInf = e.IsFinite().LogicalNot().LogicalAnd(e.Eq(a));
+        return (e - a).Abs().MaskedFill(bothInf, 0).Max().ToDouble();
+    }
+}

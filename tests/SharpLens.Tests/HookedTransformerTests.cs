@@ -6,29 +6,8 @@ namespace SharpLens.Tests;
 /// <summary>The reference HookedTransformer against TransformerLens (fixtures), and its weight processing.</summary>
 [TestFixture("tiny-gpt2")]
 [TestFixture("tiny-pythia")]
-public class HookedTransformerTests(string model)
+public class HookedTransformerTests(string model) : FixtureTest(model)
 {
-    private Dictionary<string, Tensor> _reference = null!;
-    private Tensor Tokens => _reference["input_ids"];
-
-    [OneTimeSetUp]
-    public void LoadReference() => _reference = SafeTensors.Load(Path.Combine(Fixtures.Path(model), "reference.safetensors"));
-
-    [OneTimeTearDown]
-    public void Free()
-    {
-        foreach (var t in _reference.Values) t.Dispose();
-    }
-
-    private static double Diff(Tensor expected, Tensor actual)
-    {
-        Assert.That(actual.Shape, Is.EqualTo(expected.Shape));
-        var e = expected.To(ScalarType.Float64);
-        var a = actual.To(ScalarType.Float64);
-        var bothInf = e.IsFinite().LogicalNot().LogicalAnd(e.Eq(a));
-        return (e - a).Abs().MaskedFill(bothInf, 0).Max().ToDouble();
-    }
-
     [Test]
     public void LogitsActivationsAndHookGradientsMatchTransformerLens()
     {
@@ -39,18 +18,18 @@ public class HookedTransformerTests(string model)
         {
             Assert.Multiple(() =>
             {
-                Assert.That(Diff(_reference["logits"], logits), Is.LessThan(1e-4), "logits");
-                foreach (var key in _reference.Keys.Where(k => k.StartsWith("act.")))
+                Assert.That(MaxAbsDiff(Reference["logits"], logits), Is.LessThan(1e-4), "logits");
+                foreach (var key in Reference.Keys.Where(k => k.StartsWith("act.")))
                 {
                     var name = key[4..];
                     if (!cache.ContainsKey(name)) continue;  // optional hooks are checked below
-                    Assert.That(Diff(_reference[key], cache[name]), Is.LessThan(1e-4), name);
+                    Assert.That(MaxAbsDiff(Reference[key], cache[name]), Is.LessThan(1e-4), name);
                 }
-                foreach (var key in _reference.Keys.Where(k => k.StartsWith("grad.last_logits_sum.") && !k.Contains(".param.")))
+                foreach (var key in Reference.Keys.Where(k => k.StartsWith("grad.last_logits_sum.") && !k.Contains(".param.")))
                 {
                     var name = key["grad.last_logits_sum.".Length..];
-                    var magnitude = Math.Max(1, _reference[key].Abs().Max().ToDouble());
-                    Assert.That(Diff(_reference[key], cache[name + "_grad"]), Is.LessThan(1e-4 * magnitude), name + " gradient");
+                    var magnitude = Math.Max(1, Reference[key].Abs().Max().ToDouble());
+                    Assert.That(MaxAbsDiff(Reference[key], cache[name + "_grad"]), Is.LessThan(1e-4 * magnitude), name + " gradient");
                 }
             });
         }
@@ -65,8 +44,8 @@ public class HookedTransformerTests(string model)
         var (logits, cache) = ht.RunWithCache(Tokens, n => optional.Any(n.EndsWith));
         using (cache)
         {
-            Assert.That(Diff(_reference["logits"], logits), Is.LessThan(1e-4));
-            foreach (var name in cache.Keys) Assert.That(Diff(_reference["act." + name], cache[name]), Is.LessThan(1e-4), name);
+            Assert.That(MaxAbsDiff(Reference["logits"], logits), Is.LessThan(1e-4));
+            foreach (var name in cache.Keys) Assert.That(MaxAbsDiff(Reference["act." + name], cache[name]), Is.LessThan(1e-4), name);
             Assert.That(cache.Count, Is.EqualTo(optional.Length * 2));
         }
     }
@@ -76,12 +55,12 @@ public class HookedTransformerTests(string model)
     {
         using var ht = HookedTransformer.FromDirectory(Fixtures.Path(model), processing: WeightProcessing.Default);
         using var scope = Torch.NewScope();
-        var expected = _reference.Keys.Where(k => k.StartsWith("tl_processed.") && !k.Contains("rotary_")).Select(k => k["tl_processed.".Length..]).ToList();
+        var expected = Reference.Keys.Where(k => k.StartsWith("tl_processed.") && !k.Contains("rotary_")).Select(k => k["tl_processed.".Length..]).ToList();
         Assert.That(ht.NamedWeights().Select(p => p.Name), Is.EquivalentTo(expected), "LayerNorm weights are gone once folded");
         Assert.Multiple(() =>
         {
-            foreach (var name in expected) Assert.That(Diff(_reference["tl_processed." + name], ht.W(name)), Is.LessThan(1e-5), name);
-            Assert.That(Diff(_reference["processed.logits"], ht.Forward(Tokens)), Is.LessThan(1e-4), "processed logits");
+            foreach (var name in expected) Assert.That(MaxAbsDiff(Reference["tl_processed." + name], ht.W(name)), Is.LessThan(1e-5), name);
+            Assert.That(MaxAbsDiff(Reference["processed.logits"], ht.Forward(Tokens)), Is.LessThan(1e-4), "processed logits");
         });
     }
 

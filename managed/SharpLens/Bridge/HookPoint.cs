@@ -116,24 +116,37 @@ public sealed class HookPoint
 
     private Tensor? RunBackwardHooks(Tensor gradient)
     {
-        var current = gradient;
-        Tensor? replaced = null;
-        foreach (var r in _backwardHooks.ToArray())
+        var result = RunChain(_backwardHooks.Select(r => (Func<Tensor, HookPoint, Tensor?>)r.Hook.Invoke).ToArray(), gradient, "backward", "gradient");
+        return ReferenceEquals(result, gradient) ? null : result;
+    }
+
+    private Tensor RunForwardHooks(Tensor activation) =>
+        RunChain(_hooks.Select(r => (Func<Tensor, HookPoint, Tensor?>)r.Hook.Invoke).ToArray(), activation, "forward", "activation");
+
+    /// <summary>
+    /// Runs hooks in registration order over a snapshot of the list (a hook may add or remove hooks while
+    /// running); each sees the previous one's replacement. Failures and unusable replacements become
+    /// <see cref="HookException"/>s naming this hook point.
+    /// </summary>
+    private Tensor RunChain(Func<Tensor, HookPoint, Tensor?>[] hooks, Tensor input, string kind, string what)
+    {
+        var current = input;
+        foreach (var hook in hooks)
         {
             Tensor? replacement;
             try
             {
-                replacement = r.Hook(current, this);
+                replacement = hook(current, this);
             }
             catch (Exception e) when (e is not HookException)
             {
-                throw new HookException(Name, $"a backward hook on '{Name}' threw: {e.Message}", e);
+                throw new HookException(Name, $"a {kind} hook on '{Name}' threw: {e.Message}", e);
             }
             if (replacement is null) continue;
-            CheckReplacement("backward", "gradient", current, replacement);
-            current = replaced = replacement;
+            CheckReplacement(kind, what, current, replacement);
+            current = replacement;
         }
-        return replaced;
+        return current;
     }
 
     /// <summary>A replacement must match what it replaces in shape, dtype and device; the error names the hook and both.</summary>
@@ -147,28 +160,6 @@ public sealed class HookPoint
                 $"a {kind} hook on '{Name}' returned dtype {replacement.DType.ToTorchName()} but the {what} has dtype {original.DType.ToTorchName()}");
         if (replacement.Device != original.Device)
             throw new HookException(Name, $"a {kind} hook on '{Name}' returned a tensor on {replacement.Device} but the {what} is on {original.Device}");
-    }
-
-    private Tensor RunForwardHooks(Tensor activation)
-    {
-        var current = activation;
-        // A copy of the list: a hook may add or remove hooks while running.
-        foreach (var r in _hooks.ToArray())
-        {
-            Tensor? replacement;
-            try
-            {
-                replacement = r.Hook(current, this);
-            }
-            catch (Exception e) when (e is not HookException)
-            {
-                throw new HookException(Name, $"a forward hook on '{Name}' threw: {e.Message}", e);
-            }
-            if (replacement is null) continue;
-            CheckReplacement("forward", "activation", current, replacement);
-            current = replacement;
-        }
-        return current;
     }
 
     /// <inheritdoc/>
