@@ -86,7 +86,10 @@ public static class Program
         root.Subcommands.Add(CacheCommand.Build(context));
         root.Subcommands.Add(ParamsCommand.Build(context));
         root.Subcommands.Add(TrainCommand.Build(context));
+        root.Subcommands.Add(GenerateCommand.Build(context));
+        root.Subcommands.Add(SweepCommand.Build(context));
         root.Subcommands.Add(VerifyCommand.Build(context));
+        root.Subcommands.Add(BenchCommand.Build(context));
         return root;
     }
 }

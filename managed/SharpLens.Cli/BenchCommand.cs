@@ -1,0 +1,70 @@
+using System.CommandLine;
+using SharpLens.Benchmarks;
+using SharpLens.Loading;
+
+namespace SharpLens.Cli;
+
+/// <summary>
+/// <c>lens bench</c>: end-to-end timings on a model with random weights of a real model's shape (GPT-2 small by
+/// default, Pythia-160m with <c>--arch gpt_neox</c>): plain forward, RunWithCache of every hook point,
+/// forward + backward of <c>logits[:, -1, :].sum()</c>, and the same with a backward hook on every hook point.
+/// </summary>
+internal static class BenchCommand
+{
+    public static Command Build(CliContext context)
+    {
+        var arch = new Option<string>("--arch") { Description = "Model shape: gpt2 (GPT-2 small) or gpt_neox (Pythia-160m)", DefaultValueFactory = _ => "gpt2" };
+        arch.AcceptOnlyFromAmong("gpt2", "gpt_neox");
+        var batch = new Option<int>("--batch") { Description = "Sequences per batch", DefaultValueFactory = _ => 4 };
+        var seq = new Option<int>("--seq") { Description = "Tokens per sequence", DefaultValueFactory = _ => 128 };
+        var reps = new Option<int>("--reps") { Description = "Timed repetitions of each pass (the median is reported)", DefaultValueFactory = _ => 3 };
+        var json = new Option<string?>("--json") { Description = "Also write the timings as JSON", HelpName = "OUT.json" };
+        var command = new Command("bench",
+            "Time forward, RunWithCache of every hook point, forward+backward, and forward+backward with a backward hook on " +
+            "every hook point, on a random model of GPT-2 small's (or Pythia-160m's) shape. Prints a table; --json writes " +
+            "forward_s, run_with_cache_s, fwd_bwd_s, fwd_bwd_all_bwd_hooks_s, tokens, threads.")
+        {
+            arch, batch, seq, reps, json,
+        };
+        command.SetAction(parse => context.Execute(() => Run(context, parse.GetValue(arch)!, parse.GetValue(batch),
+            parse.GetValue(seq), parse.GetValue(reps), parse.GetValue(json))));
+        return command;
+    }
+
+    private static int Run(CliContext context, string arch, int batch, int seq, int reps, string? jsonPath)
+    {
+        if (batch < 1 || seq < 2 || reps < 1) throw new CliException("--batch and --reps must be at least 1, --seq at least 2");
+        var jsonFull = jsonPath is null ? null : CliSupport.CheckOutPath(jsonPath);
+        var dir = Directory.CreateTempSubdirectory("sharplens-bench").FullName;
+        try
+        {
+            context.Out.WriteLine($"writing a random {(arch == "gpt2" ? "GPT-2 small" : "Pythia-160m")}-shaped model to {dir}");
+            RandomCheckpoint.Write(dir, arch == "gpt2" ? RandomCheckpoint.Gpt2Small() : RandomCheckpoint.Pythia160m(), seed: 0);
+            using var scope = Torch.NewScope();
+            using var bridge = TransformerBridge.Load(dir);
+            if (seq > bridge.Config.NCtx) throw new CliException($"--seq {seq} exceeds the model's context of {bridge.Config.NCtx}");
+            using var generator = new Generator(1);
+            var tokens = Torch.RandInt(0, bridge.Config.DVocab, [batch, seq], generator);
+            var t = PassBenchmark.Run(bridge, tokens, reps, line => context.Out.WriteLine("  " + line));
+            context.Out.WriteLine();
+            context.Out.WriteLine($"{arch}, {batch} x {seq} = {t.Tokens} tokens, {t.Threads} threads, median of {t.Reps}");
+            context.Out.WriteLine($"{"pass",-40} {"seconds",10} {"vs forward",11}");
+            void Row(string name, double s) => context.Out.WriteLine($"{name,-40} {s,10:F3} {s / t.ForwardSeconds,10:F2}x");
+            Row("forward", t.ForwardSeconds);
+            Row($"run_with_cache ({t.HooksCached} hooks)", t.RunWithCacheSeconds);
+            Row("forward, no-op hook on every hook point", t.ForwardNoOpHooksSeconds);
+            Row("forward + backward", t.ForwardBackwardSeconds);
+            Row($"fwd + bwd, {t.BackwardHooks} backward hooks", t.ForwardBackwardAllBackwardHooksSeconds);
+            if (jsonFull is not null)
+            {
+                File.WriteAllText(jsonFull, t.ToJson() + Environment.NewLine);
+                context.Out.WriteLine($"wrote {jsonPath}");
+            }
+            return Program.Success;
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
