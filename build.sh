@@ -3,6 +3,7 @@
 #   ./build.sh          install what is missing, build native (CMake) and managed (dotnet) in Release
 #   ./build.sh test     build, then run every test suite; ends with "N passed, N failed"
 #   ./build.sh bench    build, then run the BenchmarkDotNet suite and write perf/results/summary.md
+#   ./build.sh demo     build, then run `lens demo` (train a small model, find its induction heads; options pass through)
 # Environment: SHARPLENS_LIBTORCH or Torch_DIR select another libtorch (e.g. a CUDA build);
 # SHARPLENS_NUM_THREADS sets libtorch's intra-op threads (default: all cores).
 set -euo pipefail
@@ -79,5 +80,6 @@ case "${1:-build}" in
   build) build_all ;;
   test) run_tests ;;
   bench) shift; run_bench "$@" ;;
-  *) echo "usage: ./build.sh [build|test|bench]" >&2; exit 2 ;;
+  demo) shift; build_all; dotnet "$ROOT/managed/SharpLens.Cli/bin/Release/net10.0/lens.dll" demo "$@" ;;
+  *) echo "usage: ./build.sh [build|test|bench|demo]" >&2; exit 2 ;;
 esac
