@@ -61,16 +61,7 @@ public abstract class CliTestBase
         foreach (var t in tensors.Values) t.Dispose();
     }
 
-    protected static double MaxAbsDiff(Tensor expected, Tensor actual)
-    {
-        Assert.That(actual.Shape, Is.EqualTo(expected.Shape), "shape");
-        using var scope = Torch.NewScope();
-        var e = expected.To(ScalarType.Float64);
-        var a = actual.To(ScalarType.Float64);
-        // -inf entries (masked attention scores) must match exactly; compare the rest numerically.
-        var bothInf = e.IsFinite().LogicalNot().LogicalAnd(e.Eq(a));
-        return (e - a).Abs().MaskedFill(bothInf, 0).Max().ToDouble();
-    }
+    protected static double MaxAbsDiff(Tensor expected, Tensor actual) => Fixtures.MaxAbsDiff(expected, actual);
 
     protected static void AssertClose(Tensor expected, Tensor actual, string what, double tol = 1e-4)
     {

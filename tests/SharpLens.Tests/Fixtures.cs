@@ -5,6 +5,17 @@ namespace SharpLens.Tests;
 /// <summary>Locates the reference fixtures copied into tests/fixtures (real HuggingFace and TransformerLens numbers).</summary>
 internal static class Fixtures
 {
+    /// <summary>Max absolute difference in float64, shapes asserted equal; -inf entries (masked scores) must match exactly.</summary>
+    public static double MaxAbsDiff(Tensor expected, Tensor actual)
+    {
+        Assert.That(actual.Shape, Is.EqualTo(expected.Shape), "shape");
+        using var scope = Torch.NewScope();
+        var e = expected.To(ScalarType.Float64);
+        var a = actual.To(ScalarType.Float64);
+        var bothInf = e.IsFinite().LogicalNot().LogicalAnd(e.Eq(a));
+        return (e - a).Abs().MaskedFill(bothInf, 0).Max().ToDouble();
+    }
+
     /// <summary>The repository root: the nearest folder holding Engine.sln above the test binaries, or above this source file.</summary>
     public static string RepoRoot => FindRoot(TestContext.CurrentContext.TestDirectory) ?? FindRoot(SourceDirectory())
         ?? throw new DirectoryNotFoundException("no Engine.sln above " + TestContext.CurrentContext.TestDirectory);
@@ -49,14 +60,6 @@ public abstract class FixtureTest(string model)
         foreach (var t in Reference.Values) t.Dispose();
     }
 
-    /// <summary>Max absolute difference in float64, shapes asserted equal; -inf entries (masked scores) must match exactly.</summary>
-    protected static double MaxAbsDiff(Tensor expected, Tensor actual)
-    {
-        Assert.That(actual.Shape, Is.EqualTo(expected.Shape), "shape");
-        using var scope = Torch.NewScope();
-        var e = expected.To(ScalarType.Float64);
-        var a = actual.To(ScalarType.Float64);
-        var bothInf = e.IsFinite().LogicalNot().LogicalAnd(e.Eq(a));
-        return (e - a).Abs().MaskedFill(bothInf, 0).Max().ToDouble();
-    }
+    /// <summary>See <see cref="Fixtures.MaxAbsDiff"/>.</summary>
+    protected static double MaxAbsDiff(Tensor expected, Tensor actual) => Fixtures.MaxAbsDiff(expected, actual);
 }
