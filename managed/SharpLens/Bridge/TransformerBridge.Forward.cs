@@ -155,14 +155,13 @@ public sealed partial class TransformerBridge
         {
             // TransformerLens applies ln1 to the query, key and value inputs separately, so ln1's hooks fire
             // three times per block (q, k, v order) and a backward hook there sees each path's gradient on
-            // its own. Reproduce that whenever someone is listening; the result is the same as below.
-            var qkv = spec.Attention.Qkv;
+            // its own. Reproduce that whenever someone is listening; the result is the same as below. Each copy
+            // goes through its own third of the fused weight only, so the projection costs what the fused one does.
             Tensor Normed() => LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
-            (Tensor, Tensor, Tensor) Split(Tensor x) => TransformerOps.QkvSplit(spec.Attention.QkvLayout, x, P(qkv.Weight),
-                qkv.Bias is null ? null : P(qkv.Bias), Config.NHeads);
-            q = Split(Normed()).Item1;
-            k = Split(Normed()).Item2;
-            v = Split(Normed()).Item3;
+            var (wq, wk, wv, bq, bk, bv) = SplitQkvWeights(spec.Attention);
+            q = ProjectAllHeads(Normed(), wq, bq);
+            k = ProjectAllHeads(Normed(), wk, bk);
+            v = ProjectAllHeads(Normed(), wv, bv);
         }
         else
         {
@@ -208,6 +207,17 @@ public sealed partial class TransformerBridge
     private Tensor Project(Tensor perHeadInput, Tensor w, Tensor? b)
     {
         var y = Torch.Einsum("bphm,hmd->bphd", perHeadInput, w);
+        return b is null ? y : y + b;
+    }
+
+    /// <summary>
+    /// [batch, pos, d_model] through one of q/k/v ([head, d_model, d_head]) as a single GEMM, giving [batch, pos, head, d_head].
+    /// The reshape is a view for GPT-2's layout and copies only the d_model x d_model weight slice for GPT-NeoX's.
+    /// </summary>
+    private Tensor ProjectAllHeads(Tensor x, Tensor w, Tensor? b)
+    {
+        var y = x.Matmul(w.Permute(1, 0, 2).Reshape(Config.DModel, Config.NHeads * Config.DHead))
+            .View(x.Size(0), x.Size(1), Config.NHeads, Config.DHead);
         return b is null ? y : y + b;
     }
 
