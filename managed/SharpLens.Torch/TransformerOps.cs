@@ -58,6 +58,21 @@ public static class TransformerOps
     public static Tensor Attention(Tensor q, Tensor k, Tensor v, Tensor? keyMask, double scale, AttentionImplementation implementation) =>
         Tensor.Wrap(NativeMethods.sl_attention_with((int)implementation, q.Handle, k.Handle, v.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
 
+    /// <summary>
+    /// LayerNorm's first step: x [..., d] gives centred = x - mean(x) and scale = sqrt(mean(centred²) + eps) [..., 1],
+    /// one pass per row (float32/float64 on CPU). The scale is an ordinary tensor of the graph, so a hook can read or
+    /// replace it and a backward hook sees its gradient, as at TransformerLens's <c>hook_scale</c>.
+    /// </summary>
+    public static (Tensor Centred, Tensor Scale) LayerNormCentreScale(Tensor x, double eps)
+    {
+        NativeStatus.Check(NativeMethods.sl_layer_norm_centre_scale(x.Handle, eps, out var centred, out var scale));
+        return (new Tensor(centred), new Tensor(scale));
+    }
+
+    /// <summary>LayerNorm's second step: centred / scale × weight + bias (weight and bias [d], either may be null).</summary>
+    public static Tensor LayerNormApplyScale(Tensor centred, Tensor scale, Tensor? weight, Tensor? bias) =>
+        Tensor.Wrap(NativeMethods.sl_layer_norm_apply_scale(centred.Handle, scale.Handle, Tensor.HandleOrNull(weight), Tensor.HandleOrNull(bias), out var r), r);
+
     /// <summary>GPT-NeoX rotary embedding on the first <paramref name="rotaryDim"/> features of x [batch, pos, head, d_head] at int64 positions [batch, pos].</summary>
     public static Tensor Rotary(Tensor x, Tensor positions, long rotaryDim, double rotaryBase) =>
         Tensor.Wrap(NativeMethods.sl_rotary(x.Handle, positions.Handle, rotaryDim, rotaryBase, out var r), r);

@@ -284,6 +284,13 @@ SL_API sl_status sl_attention_with(int32_t implementation, sl_tensor q, sl_tenso
  * the int64 positions [b, p]. */
 SL_API sl_status sl_rotary(sl_tensor x, sl_tensor positions, int64_t rotary_dim, double base, sl_tensor* out);
 
+/* LayerNorm in two steps with the scale exposed (TransformerLens's hook_scale sits between them).
+ * x [..., d] -> centred = x - mean(x) and scale = sqrt(mean(centred^2) + eps) [..., 1]. */
+SL_API sl_status sl_layer_norm_centre_scale(sl_tensor x, double eps, sl_tensor* centred, sl_tensor* scale);
+/* centred [..., d], scale [..., 1] -> centred / scale * weight + bias; weight and bias [d] may be NULL. */
+SL_API sl_status sl_layer_norm_apply_scale(sl_tensor centred, sl_tensor scale, sl_tensor weight, sl_tensor bias,
+                                           sl_tensor* out);
+
 /* ---------------------------------------------------------------- optimizers */
 enum { SL_OPTIM_SGD = 0, SL_OPTIM_ADAMW = 1 };
 /* torch.optim options; fields that an optimizer does not use are ignored. */

@@ -74,10 +74,10 @@ public sealed partial class TransformerBridge
     /// </summary>
     private Tensor LayerNorm(Tensor x, NormSpec spec, HookPoint scaleHook, HookPoint normalizedHook)
     {
-        var centred = x - x.Mean(-1, keepDim: true);
-        var scale = scaleHook.Fire((centred.Square().Mean(-1, keepDim: true) + Config.NormEps).Sqrt());
-        var y = centred / scale * P(spec.Weight);
-        if (spec.Bias is not null) y = y + P(spec.Bias);
+        // Two native row passes with the scale between them, where the hook can read or replace it.
+        var (centred, scale) = TransformerOps.LayerNormCentreScale(x, Config.NormEps);
+        scale = scaleHook.Fire(scale);
+        var y = TransformerOps.LayerNormApplyScale(centred, scale, P(spec.Weight), spec.Bias is null ? null : P(spec.Bias));
         return normalizedHook.Fire(y);
     }
 

@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "kernels/attention.h"
+#include "kernels/layer_norm.h"
 
 using sl::get;
 using sl::new_handle;
@@ -191,6 +192,36 @@ sl_status sl_attention_with(int32_t implementation, sl_tensor q, sl_tensor k, sl
 sl_status sl_rotary(sl_tensor x, sl_tensor positions, int64_t rotary_dim, double base, sl_tensor* out) {
   SL_TRY
   SL_OUT(out) = new_handle(rotary(get(x, "x"), get(positions, "positions"), rotary_dim, base));
+  SL_CATCH
+}
+
+sl_status sl_layer_norm_centre_scale(sl_tensor x, double eps, sl_tensor* centred, sl_tensor* scale) {
+  SL_TRY
+  const auto& t = get(x, "x");
+  if (t.dim() < 1 || t.size(-1) < 1)
+    throw sl::ArgumentError("layer norm needs a non-empty last dimension, got " + c10::str(t.sizes()));
+  if (!(eps >= 0)) throw sl::ArgumentError("layer norm eps must be non-negative, got " + std::to_string(eps));
+  auto [c, s] = sl::kernels::layer_norm_centre_scale(t, eps);
+  SL_OUT(centred) = new_handle(std::move(c));
+  SL_OUT(scale) = new_handle(std::move(s));
+  SL_CATCH
+}
+
+sl_status sl_layer_norm_apply_scale(sl_tensor centred, sl_tensor scale, sl_tensor weight, sl_tensor bias, sl_tensor* out) {
+  SL_TRY
+  const auto& c = get(centred, "centred");
+  const auto& s = get(scale, "scale");
+  auto expected = c.sizes().vec();
+  if (!expected.empty()) expected.back() = 1;
+  if (c.dim() < 1 || s.sizes().vec() != expected)
+    throw sl::ArgumentError("layer norm scale must be " + c10::str(at::IntArrayRef(expected)) + " for centred " +
+                            c10::str(c.sizes()) + ", got " + c10::str(s.sizes()));
+  const auto w = sl::get_optional(weight), b = sl::get_optional(bias);
+  for (const auto* p : {&w, &b})
+    if (p->has_value() && ((*p)->dim() != 1 || (*p)->size(0) != c.size(-1)))
+      throw sl::ArgumentError("layer norm weight and bias must be [" + std::to_string(c.size(-1)) + "], got " +
+                              c10::str((*p)->sizes()));
+  SL_OUT(out) = new_handle(sl::kernels::layer_norm_apply_scale(c, s, w.value_or(at::Tensor()), b.value_or(at::Tensor())));
   SL_CATCH
 }
 
