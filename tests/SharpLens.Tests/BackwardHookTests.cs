@@ -40,6 +40,39 @@ public class BackwardHookTests(string model) : FixtureTest(model)
         }
     }
 
+    /// <summary>
+    /// Backward hooks alone, with no forward hook anywhere: the forward pass must still route every hooked
+    /// activation (attention scores and pattern included) through its hook point, or the hook silently never fires.
+    /// </summary>
+    [Test]
+    public void BackwardHooksAloneFireAtEveryHookPointWithPyTorchGradients()
+    {
+        using var bridge = TransformerBridge.Load(Fixtures.Path(model));
+        using var scope = Torch.NewScope();
+        var seen = new Dictionary<string, Tensor>();
+        bridge.AddBackwardHook(_ => true, (g, hp) =>
+        {
+            // ln1's hook points fire once per q/k/v path (TransformerLens); like the fixture's dict, the last one wins.
+            seen[hp.Name] = g.Detach();
+            return null;
+        });
+        LastLogitsSum(bridge.Forward(Tokens)).Backward();
+        const string prefix = "grad.last_logits_sum.";
+        var hooks = Reference.Keys.Where(k => k.StartsWith(prefix) && !k.StartsWith(prefix + "param.")).Select(k => k[prefix.Length..]).ToList();
+        Assert.That(hooks, Does.Contain("blocks.0.attn.hook_pattern").And.Contain("blocks.1.attn.hook_attn_scores"));
+        Assert.Multiple(() =>
+        {
+            foreach (var hook in hooks)
+            {
+                Assert.That(seen.ContainsKey(hook), $"the backward hook on {hook} never fired");
+                if (!seen.TryGetValue(hook, out var got)) continue;
+                var expected = Reference[prefix + hook];
+                var magnitude = Math.Max(1, expected.Abs().Max().ToDouble());
+                Assert.That(MaxAbsDiff(expected, got), Is.LessThanOrEqualTo(1e-4 * magnitude), hook);
+            }
+        });
+    }
+
     [Test]
     public void DownstreamReplacementReachesUpstreamHooks()
     {

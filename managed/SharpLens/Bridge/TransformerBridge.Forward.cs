@@ -181,7 +181,7 @@ public sealed partial class TransformerBridge
 
         var scale = Config.EffectiveAttentionScale;
         Tensor z;
-        if (h.AttnScores.HasHooks || h.Pattern.HasHooks)
+        if (h.AttnScores.HasAnyHooks || h.Pattern.HasAnyHooks)
         {
             var scores = Fire(h.AttnScores, TransformerOps.AttentionScores(q, k, attentionMask, scale));
             var pattern = Fire(h.Pattern, TransformerOps.AttentionPattern(scores));
