@@ -76,4 +76,23 @@ public static class TransformerOps
     /// <summary>GPT-NeoX rotary embedding on the first <paramref name="rotaryDim"/> features of x [batch, pos, head, d_head] at int64 positions [batch, pos].</summary>
     public static Tensor Rotary(Tensor x, Tensor positions, long rotaryDim, double rotaryBase) =>
         Tensor.Wrap(NativeMethods.sl_rotary(x.Handle, positions.Handle, rotaryDim, rotaryBase, out var r), r);
+
+    /// <summary>
+    /// x with the entries at the selected <paramref name="heads"/> (indices along <paramref name="headDim"/>) and
+    /// <paramref name="positions"/> (along <paramref name="posDim"/>) replaced by <paramref name="value"/>: zero when
+    /// null, otherwise a tensor of x's dtype and device that broadcasts to x (a mean over the batch, say). A null index
+    /// list selects every index of that dimension; negative indices count from the end. One native call; the
+    /// gradient is zero at the replaced entries.
+    /// </summary>
+    public static unsafe Tensor Ablate(Tensor x, int headDim, IReadOnlyList<long>? heads, int posDim, IReadOnlyList<long>? positions, Tensor? value = null)
+    {
+        var h = heads?.ToArray();
+        var p = positions?.ToArray();
+        fixed (long* hp = h)
+        fixed (long* pp = p)
+        {
+            return Tensor.Wrap(NativeMethods.sl_ablate(x.Handle, headDim, hp, h?.Length ?? -1, posDim, pp, p?.Length ?? -1,
+                Tensor.HandleOrNull(value), out var r), r);
+        }
+    }
 }

@@ -254,6 +254,24 @@ SL_API sl_status sl_tensor_register_hook(sl_tensor t, sl_grad_hook_fn fn, void* 
 SL_API sl_status sl_hook_remove(sl_hook hook);
 SL_API sl_status sl_hook_free(sl_hook hook);
 
+/* ---------------------------------------------------------------- built-in hook actions
+ * Hook actions that run natively, without a managed callback. A slot table holds tensors written by
+ * gradient hooks during backward; each hook keeps the table alive, so freeing it early is safe. */
+typedef struct sl_slots_t* sl_slots;
+SL_API sl_status sl_slots_new(int32_t count, sl_slots* out);
+SL_API sl_status sl_slots_free(sl_slots slots);
+/* Registers on t (which must require grad) a gradient hook that stores the gradient, detached, in slot
+ * (replacing what is there) and keeps the gradient unchanged. */
+SL_API sl_status sl_slots_capture_grad(sl_slots slots, int32_t slot, sl_tensor t);
+/* Moves the slot's tensor to *out (a new handle) and empties the slot; *out = NULL when it is empty. */
+SL_API sl_status sl_slots_take(sl_slots slots, int32_t slot, sl_tensor* out);
+/* x with the entries at the selected heads (indices along head_dim) and positions (along pos_dim) replaced by
+ * value (NULL: zero; otherwise same dtype and device, broadcastable to x, e.g. a mean over the batch). A count
+ * of -1 selects every index of that dimension (its dim is then ignored); negative indices count from the end.
+ * Differentiable: the gradient is zero at the replaced entries for x and flows to value there. */
+SL_API sl_status sl_ablate(sl_tensor x, int32_t head_dim, const int64_t* heads, int32_t n_heads, int32_t pos_dim,
+                           const int64_t* positions, int32_t n_positions, sl_tensor value, sl_tensor* out);
+
 /* ---------------------------------------------------------------- transformer operations
  * Each is one native call; all are differentiable through libtorch's autograd, and gradients of the
  * split projections land in the one fused weight they view. Shapes use b = batch, p = positions,

@@ -129,7 +129,7 @@ public class HeadDetectorTests
             ModelType = "gpt2", NLayers = 2, DModel = 8, NHeads = 2, DMlp = 8, DVocab = 16, NCtx = N,
             ActFn = ActivationFunction.GeluNew, NormEps = 1e-5, Positional = PositionalEmbedding.Learned,
         };
-        using var cache = new ActivationCache(config);
+        using var cache = new ActivationCache(config, hookPoints: 0);
         cache.Store("blocks.0.attn.hook_pattern", Torch.Cat([Previous(), Uniform()], 1));
         cache.Store("blocks.1.attn.hook_pattern", Torch.Cat([Uniform(), Induction()], 1));
         var scores = HeadDetectors.ScoreAll(cache, L);

@@ -7,9 +7,25 @@ namespace SharpLens;
 /// </summary>
 public sealed class ActivationCache : IDisposable, IReadOnlyDictionary<string, Tensor>
 {
-    private readonly Dictionary<string, Tensor> _tensors = new();
+    /// <summary>Appended to a hook point's name for its cached gradient (TransformerLens's <c>incl_bwd</c> naming).</summary>
+    public const string GradientSuffix = "_grad";
 
-    internal ActivationCache(TransformerConfig config) => Config = config;
+    private readonly Dictionary<string, Tensor> _tensors = new();
+    private readonly int _slotCapacity;
+    private GradientSlots? _slots;
+    private readonly Dictionary<string, int> _gradientSlots = new();
+
+    /// <summary>
+    /// An empty cache for <paramref name="model"/>, to fill with <see cref="HookAction.Cache"/> and
+    /// <see cref="HookAction.CacheGradient"/> (RunWithCache creates its own).
+    /// </summary>
+    public ActivationCache(HookedModel model) : this(model.Config.Clone(), model.HookDict.Count) { }
+
+    internal ActivationCache(TransformerConfig config, int hookPoints)
+    {
+        Config = config;
+        _slotCapacity = hookPoints;
+    }
 
     /// <summary>The config of the model that produced the cache.</summary>
     public TransformerConfig Config { get; }
@@ -20,11 +36,44 @@ public sealed class ActivationCache : IDisposable, IReadOnlyDictionary<string, T
         _tensors[name] = tensor.DetachFromScope();
     }
 
+    /// <summary>
+    /// Registers a native hook on <paramref name="node"/> that stores its gradient in this cache's slot for
+    /// <paramref name="hookName"/> during backward; <see cref="CollectGradients"/> moves it into the cache on the next read.
+    /// </summary>
+    internal void CaptureGradient(string hookName, Tensor node)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!_gradientSlots.TryGetValue(hookName, out var slot))
+        {
+            if (_gradientSlots.Count == _slotCapacity)
+                throw new InvalidOperationException($"this cache has gradient slots for {_slotCapacity} hook points and all are taken; '{hookName}' is one more");
+            _gradientSlots[hookName] = slot = _gradientSlots.Count;
+        }
+        _slots ??= new GradientSlots(_slotCapacity);
+        _slots.Capture(node, slot);
+    }
+
+    /// <summary>Moves gradients the native hooks stored since the last read into the cache (the latest per hook point wins).</summary>
+    private void CollectGradients()
+    {
+        if (_slots is null) return;
+        foreach (var (name, slot) in _gradientSlots)
+            if (_slots.Take(slot) is { } gradient)
+                Store(name + GradientSuffix, gradient);
+    }
+
+    private bool _disposed;
+
     /// <summary>The activation with this full TransformerLens name, or a layerless short name (<c>"embed"</c>, <c>"scale"</c> for ln_final).</summary>
-    public Tensor this[string name] =>
-        _tensors.TryGetValue(name, out var t) || (TryActName(name, out var full) && _tensors.TryGetValue(full, out t))
+    public Tensor this[string name] => Lookup(name);
+
+    private Tensor Lookup(string name)
+    {
+        CollectGradients();
+        return _tensors.TryGetValue(name, out var t) || (TryActName(name, out var full) && _tensors.TryGetValue(full, out t))
             ? t
             : throw new KeyNotFoundException($"the cache holds no '{name}'" + (_tensors.Count == 0 ? " (it is empty)" : $"; it holds {_tensors.Count} activations, e.g. {string.Join(", ", _tensors.Keys.Take(3))}"));
+    }
 
     /// <summary>
     /// TransformerLens <c>get_act_name</c> shorthand: <c>("resid_pre", 0)</c>, <c>("pattern", 1)</c>, <c>("scale", 0, "ln2")</c>;
@@ -89,22 +138,34 @@ public sealed class ActivationCache : IDisposable, IReadOnlyDictionary<string, T
     public Tensor StackHeadResults() => Torch.Stack(Enumerable.Range(0, Config.NLayers).Select(l => this["result", l]).ToList());
 
     /// <inheritdoc/>
-    public bool ContainsKey(string key) => _tensors.ContainsKey(key);
+    public bool ContainsKey(string key) => Collected.ContainsKey(key);
     /// <inheritdoc/>
-    public bool TryGetValue(string key, out Tensor value) => _tensors.TryGetValue(key, out value!);
+    public bool TryGetValue(string key, out Tensor value) => Collected.TryGetValue(key, out value!);
     /// <inheritdoc/>
-    public IEnumerable<string> Keys => _tensors.Keys;
+    public IEnumerable<string> Keys => Collected.Keys;
     /// <inheritdoc/>
-    public IEnumerable<Tensor> Values => _tensors.Values;
+    public IEnumerable<Tensor> Values => Collected.Values;
     /// <inheritdoc/>
-    public int Count => _tensors.Count;
+    public int Count => Collected.Count;
     /// <inheritdoc/>
-    public IEnumerator<KeyValuePair<string, Tensor>> GetEnumerator() => _tensors.GetEnumerator();
+    public IEnumerator<KeyValuePair<string, Tensor>> GetEnumerator() => Collected.GetEnumerator();
+
+    private Dictionary<string, Tensor> Collected
+    {
+        get
+        {
+            CollectGradients();
+            return _tensors;
+        }
+    }
     System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
 
     /// <summary>Frees every cached tensor.</summary>
     public void Dispose()
     {
+        _disposed = true;
+        _slots?.Dispose();  // hooks still attached to a live graph keep the native table until the graph goes
+        _slots = null;
         foreach (var t in _tensors.Values) t.Dispose();
         _tensors.Clear();
     }

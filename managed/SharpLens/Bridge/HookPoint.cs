@@ -53,32 +53,36 @@ public sealed class HookPoint
 
     internal bool HasAnyHooks => _hooks.Count > 0 || _backwardHooks.Count > 0;
 
-    internal sealed class BackwardRegistration(BackwardHook hook, bool permanent)
+    /// <summary>A backward hook: a user callback, or the built-in native gradient capture into a cache.</summary>
+    internal sealed class BackwardRegistration(BackwardHook? hook, ActivationCache? gradientCache, bool permanent)
     {
-        public BackwardHook Hook { get; } = hook;
+        public BackwardHook? Hook { get; } = hook;
+        public ActivationCache? GradientCache { get; } = gradientCache;
         public bool Permanent { get; } = permanent;
     }
 
-    internal BackwardRegistration AddBackward(BackwardHook hook, bool permanent)
+    internal BackwardRegistration AddBackward(BackwardHook? hook, bool permanent, ActivationCache? gradientCache = null)
     {
         if (!IsDifferentiable)
             throw new InvalidOperationException($"hook point '{Name}' holds integer token ids, which have no gradient: a backward hook there could never fire");
-        var r = new BackwardRegistration(hook, permanent);
+        var r = new BackwardRegistration(hook, gradientCache, permanent);
         _backwardHooks.Add(r);
         return r;
     }
 
     internal void Remove(BackwardRegistration r) => _backwardHooks.Remove(r);
 
-    internal sealed class Registration(ForwardHook hook, bool permanent)
+    /// <summary>A forward hook: a user callback or a built-in action.</summary>
+    internal sealed class Registration(ForwardHook? hook, HookAction? action, bool permanent)
     {
-        public ForwardHook Hook { get; } = hook;
+        public ForwardHook? Hook { get; } = hook;
+        public HookAction? Action { get; } = action;
         public bool Permanent { get; } = permanent;
     }
 
-    internal Registration Add(ForwardHook hook, bool permanent)
+    internal Registration Add(ForwardHook? hook, bool permanent, HookAction? action = null)
     {
-        var r = new Registration(hook, permanent);
+        var r = new Registration(hook, action, permanent);
         _hooks.Add(r);
         return r;
     }
@@ -93,7 +97,7 @@ public sealed class HookPoint
 
     /// <summary>
     /// Runs the forward hooks in registration order (each sees the previous one's result); with backward
-    /// hooks attached, returns the activation through an identity view of its own whose gradient hook runs
+    /// hooks attached, returns the activation through an identity view of its own whose gradient hooks run
     /// them, so every hook point is a distinct node even where two share a tensor (resid_post of one block
     /// and resid_pre of the next): downstream hooks run first and their replacements reach upstream ones.
     /// </summary>
@@ -109,6 +113,12 @@ public sealed class HookPoint
             throw new HookException(Name,
                 $"a backward hook on '{Name}' cannot fire: the activation does not require grad (is the model running under Torch.NoGrad(), or are its parameters frozen?)");
         var node = activation.View(activation.Shape);
+        if (_backwardHooks.TrueForAll(r => r.GradientCache is not null))
+        {
+            // Only built-in gradient captures: native hooks store the gradient, and backward never calls managed code here.
+            foreach (var r in _backwardHooks) r.GradientCache!.CaptureGradient(Name, node);
+            return node;
+        }
         var handle = node.RegisterHook(RunBackwardHooks);
         handle.Forget();  // the hook lives as long as the graph; removal works through this HookPoint
         return node;
@@ -116,12 +126,21 @@ public sealed class HookPoint
 
     private Tensor? RunBackwardHooks(Tensor gradient)
     {
-        var result = RunChain(_backwardHooks.Select(r => (Func<Tensor, HookPoint, Tensor?>)r.Hook.Invoke).ToArray(), gradient, "backward", "gradient");
+        var chain = _backwardHooks.Select(r => r.Hook is { } hook
+            ? (Func<Tensor, HookPoint, Tensor?>)hook.Invoke
+            : (g, hp) =>
+            {
+                r.GradientCache!.Store(hp.Name + ActivationCache.GradientSuffix, g.Detach());
+                return null;
+            }).ToArray();
+        var result = RunChain(chain, gradient, "backward", "gradient");
         return ReferenceEquals(result, gradient) ? null : result;
     }
 
     private Tensor RunForwardHooks(Tensor activation) =>
-        RunChain(_hooks.Select(r => (Func<Tensor, HookPoint, Tensor?>)r.Hook.Invoke).ToArray(), activation, "forward", "activation");
+        RunChain(_hooks.Select(r => r.Hook is { } hook
+            ? (Func<Tensor, HookPoint, Tensor?>)hook.Invoke
+            : r.Action!.Apply).ToArray(), activation, "forward", "activation");
 
     /// <summary>
     /// Runs hooks in registration order over a snapshot of the list (a hook may add or remove hooks while
@@ -142,7 +161,7 @@ public sealed class HookPoint
             {
                 throw new HookException(Name, $"a {kind} hook on '{Name}' threw: {e.Message}", e);
             }
-            if (replacement is null) continue;
+            if (replacement is null || ReferenceEquals(replacement, current)) continue;
             CheckReplacement(kind, what, current, replacement);
             current = replacement;
         }

@@ -101,17 +101,57 @@ public abstract class HookedModel : IDisposable
 
     private bool IsEnabled(HookPoint hp) => hp.EnabledWhen is null || hp.EnabledWhen(Config);
 
-    private HookHandle AddHooks(IReadOnlyList<HookPoint> points, ForwardHook hook, bool permanent)
+    private HookHandle AddHooks(IReadOnlyList<HookPoint> points, ForwardHook? hook, bool permanent, HookAction? action = null)
     {
-        ArgumentNullException.ThrowIfNull(hook);
+        if (hook is null && action is null) throw new ArgumentNullException(nameof(hook));
         foreach (var hp in points)
             if (!IsEnabled(hp))
                 throw new InvalidOperationException($"hook point '{hp.Name}' fires only with {hp.SwitchName}; turn it on in Config first");
         return new HookHandle(points.Select(hp =>
         {
-            var r = hp.Add(hook, permanent);
+            var r = hp.Add(hook, permanent, action);
             return (hp, (Action)(() => hp.Remove(r)));
         }).ToList());
+    }
+
+    /// <summary>
+    /// Adds a built-in hook action by hook-point name: <see cref="HookAction.Cache"/>, <see cref="HookAction.Replace"/>
+    /// and <see cref="HookAction.Ablate"/> act on the activation in the forward pass without calling a delegate;
+    /// <see cref="HookAction.CacheGradient"/> captures the gradient natively during backward. Actions and callbacks on
+    /// one hook point run in registration order.
+    /// </summary>
+    public HookHandle AddHook(string name, HookAction action, bool permanent = false) => AddActions([Hook(name)], action, permanent);
+
+    /// <summary>Adds a built-in hook action to every enabled hook point whose name satisfies <paramref name="filter"/> (gradient actions: the differentiable ones).</summary>
+    public HookHandle AddHook(Func<string, bool> filter, HookAction action, bool permanent = false)
+    {
+        ArgumentNullException.ThrowIfNull(action);
+        return AddActions(_hooks.Values.Where(h => filter(h.Name) && IsEnabled(h) && (!action.IsBackward || h.IsDifferentiable)).ToList(), action, permanent);
+    }
+
+    private HookHandle AddActions(IReadOnlyList<HookPoint> points, HookAction action, bool permanent)
+    {
+        ArgumentNullException.ThrowIfNull(action);
+        if (action is not HookAction.CacheGradientAction gradient)
+            return AddHooks(points, null, permanent, action);
+        foreach (var hp in points)
+            if (!IsEnabled(hp))
+                throw new InvalidOperationException($"hook point '{hp.Name}' fires only with {hp.SwitchName}; turn it on in Config first");
+        var entries = new List<(HookPoint, Action)>();
+        try
+        {
+            foreach (var hp in points)
+            {
+                var r = hp.AddBackward(null, permanent, gradient.Cache);
+                entries.Add((hp, () => hp.Remove(r)));
+            }
+        }
+        catch
+        {
+            foreach (var (_, remove) in entries) remove();
+            throw;
+        }
+        return new HookHandle(entries);
     }
 
     /// <summary>
@@ -254,20 +294,13 @@ public abstract class HookedModel : IDisposable
     public (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter, Tensor? attentionMask,
         Func<Tensor, Tensor>? backwardObjective)
     {
-        var cache = new ActivationCache(Config.Clone());
+        var cache = new ActivationCache(Config.Clone(), _hooks.Count);
         var points = _hooks.Values.Where(h => IsEnabled(h) && (namesFilter is null || namesFilter(h.Name))).ToList();
-        using var handle = AddHooks(points, (activation, hp) =>
-        {
-            cache.Store(hp.Name, activation.Detach());
-            return null;
-        }, permanent: false);
+        // Built-in actions: no delegate per hook point forward, and gradients captured natively backward.
+        using var handle = AddActions(points, HookAction.Cache(cache), permanent: false);
         using var backwardHandle = backwardObjective is null
             ? null
-            : AddBackwardHooks(points.Where(p => p.IsDifferentiable).ToList(), (gradient, hp) =>
-            {
-                cache.Store(hp.Name + "_grad", gradient.Detach());
-                return null;
-            }, permanent: false);
+            : AddActions(points.Where(p => p.IsDifferentiable).ToList(), HookAction.CacheGradient(cache), permanent: false);
         try
         {
             var logits = Forward(tokens, attentionMask);
