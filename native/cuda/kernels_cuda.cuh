@@ -1,0 +1,108 @@
+// CUDA kernels of SharpLens over raw device pointers and a stream: fused causal attention (forward and
+// backward) and the split of fused QKV projections. Nothing here knows libtorch, so the kernels can be tested
+// standalone (tests/attention_cuda_test.cu); glue_cuda.cpp adapts them to at::Tensor.
+//
+// This header is plain C++ apart from the CUDA runtime types, so host compilers can include it too.
+// Every launcher only enqueues work on `stream` (no synchronisation); it throws std::invalid_argument for
+// shapes it cannot handle and std::runtime_error naming the kernel and the CUDA error when a launch fails.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <string>
+
+namespace sl::cuda {
+
+// Half-precision inputs accumulate (and keep the log-sum-exp) in float; float and double accumulate in
+// their own type, so float64 results can be checked to ~1e-12 against a double reference.
+template <typename T>
+struct Accum {
+  using type = T;
+};
+template <>
+struct Accum<__half> {
+  using type = float;
+};
+template <>
+struct Accum<__nv_bfloat16> {
+  using type = float;
+};
+template <typename T>
+using accum_t = typename Accum<T>::type;
+
+// Layouts (all contiguous, row-major):
+//   q, out, dq, dout   [batch, heads, q_len, head_dim]
+//   k, v, dk, dv       [batch, kv_heads, k_len, head_dim]; heads % kv_heads == 0 and query head h reads
+//                      kv head h / (heads / kv_heads) (grouped-query attention; kv_heads == heads is plain MHA)
+//   key_valid          [batch, k_len] bytes, 0 = padded key, or nullptr when every key is real
+//   lse                [batch, heads, q_len] in accum_t<T>
+// Query i sits at key position i + (k_len - q_len) (the keys before the queries are a cached prefix) and sees
+// the valid keys j <= i + k_len - q_len.
+struct AttentionShape {
+  int64_t batch = 0, heads = 0, kv_heads = 0, q_len = 0, k_len = 0, head_dim = 0;
+};
+
+// The largest head_dim the attention kernels take.
+constexpr int64_t kMaxAttentionHeadDim = 256;
+
+// Empty when the attention kernels can run this shape for element type T on `device` (a CUDA device
+// ordinal); otherwise why not (bad shape, head_dim too large, more shared memory than the device has).
+// Queries the device, so call it on the host with the device's context available.
+template <typename T>
+std::string attention_unsupported_reason(const AttentionShape& shape, int device);
+
+// out = softmax(scale * q kᵀ, masked) v per (batch, head); lse = log-sum-exp of the masked scaled scores per
+// row. A query row that sees no key gets out = 0 and lse = -inf. Scores never reach global memory.
+template <typename T>
+void attention_forward(const AttentionShape& shape, const T* q, const T* k, const T* v, const uint8_t* key_valid,
+                       double scale, T* out, accum_t<T>* lse, cudaStream_t stream);
+
+// Gradients of attention_forward from the saved out and lse; P is recomputed tile by tile. dq, dk and dv are
+// overwritten (not accumulated into); dk and dv sum over the query heads that share a kv head.
+template <typename T>
+void attention_backward(const AttentionShape& shape, const T* q, const T* k, const T* v, const uint8_t* key_valid,
+                        const T* out, const accum_t<T>* lse, const T* dout, double scale, T* dq, T* dk, T* dv,
+                        cudaStream_t stream);
+
+// Fused QKV projection outputs, qkv [batch * pos, 3 * heads * head_dim] row-major, by the column order
+// of the HF checkpoint that produced them:
+enum class QkvLayout {
+  Gpt2,  // Conv1D c_attn: column = which * heads * head_dim + head * head_dim + x   (which: 0 q, 1 k, 2 v)
+  NeoX,  // query_key_value, interleaved per head: column = head * 3 * head_dim + which * head_dim + x
+};
+
+struct QkvShape {
+  int64_t batch = 0, pos = 0, heads = 0, head_dim = 0;
+};
+
+// qkv -> q, k, v, each [batch, heads, pos, head_dim].
+template <typename T>
+void qkv_split_forward(QkvLayout layout, const QkvShape& shape, const T* qkv, T* q, T* k, T* v, cudaStream_t stream);
+
+// The adjoint: dq, dk, dv [batch, heads, pos, head_dim] -> dqkv [batch * pos, 3 * heads * head_dim] in the same
+// column order, so one GEMM with the layer input gives the gradient of the fused HF weight.
+template <typename T>
+void qkv_split_backward(QkvLayout layout, const QkvShape& shape, const T* dq, const T* dk, const T* dv, T* dqkv,
+                        cudaStream_t stream);
+
+// Instantiated in attention_cuda.cu and qkv_split_cuda.cu for these element types only.
+#define SL_CUDA_DECLARE_KERNELS(T)                                                                                  \
+  extern template std::string attention_unsupported_reason<T>(const AttentionShape&, int);                           \
+  extern template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, const uint8_t*,   \
+                                            double, T*, accum_t<T>*, cudaStream_t);                                  \
+  extern template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const uint8_t*,  \
+                                             const T*, const accum_t<T>*, const T*, double, T*, T*, T*,             \
+                                             cudaStream_t);                                                          \
+  extern template void qkv_split_forward<T>(QkvLayout, const QkvShape&, const T*, T*, T*, T*, cudaStream_t);       \
+  extern template void qkv_split_backward<T>(QkvLayout, const QkvShape&, const T*, const T*, const T*, T*,         \
+                                             cudaStream_t);
+SL_CUDA_DECLARE_KERNELS(float)
+SL_CUDA_DECLARE_KERNELS(double)
+SL_CUDA_DECLARE_KERNELS(__half)
+SL_CUDA_DECLARE_KERNELS(__nv_bfloat16)
+#undef SL_CUDA_DECLARE_KERNELS
+
+}  // namespace sl::cuda

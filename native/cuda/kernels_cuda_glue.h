@@ -1,0 +1,56 @@
+// at::Tensor entry points of the CUDA kernels (native/cuda/*.cu). Built only with -DSHARPLENS_CUDA=ON, which
+// defines SHARPLENS_WITH_CUDA. Each function validates its tensors (CUDA, same device, float32/float64/float16/
+// bfloat16, contiguous, consistent shapes) and throws std::invalid_argument naming the tensor and its shape
+// otherwise; it runs on the tensors' device and the current CUDA stream of that device and does not synchronise.
+// Launch failures throw std::runtime_error naming the kernel and the CUDA error.
+//
+// Layouts match the CPU kernel (kernels/attention_cpu.cpp): qh [b, h, p_q, d], kh and vh [b, h_kv, p_k, d] with
+// h % h_kv == 0, p_k >= p_q (query i sits at key position i + p_k - p_q), and head_dim <= 256.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <tuple>
+#include <utility>
+
+namespace sl::kernels::cuda {
+
+// Empty when the fused attention kernels (forward and backward) can run on these tensors; otherwise why not:
+// not CUDA, unsupported dtype, bad shape, or a tile that needs more shared memory than the device has
+// (float64 with head_dim > 128 needs an H100-class device).
+std::string fused_attention_unsupported_reason(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh);
+
+inline bool fused_attention_supported(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh) {
+  return fused_attention_unsupported_reason(qh, kh, vh).empty();
+}
+
+// Returns (out [b, h, p_q, d], lse [b, h, p_q]). valid: [b, p_k] uint8 or bool (0 = padded key), or undefined /
+// empty for none. lse is float32 for float16/bfloat16 inputs, else the input dtype; it is -inf (and the out row
+// 0) for a query that sees no key.
+std::pair<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& qh, const at::Tensor& kh,
+                                                          const at::Tensor& vh, const at::Tensor& valid, double scale);
+
+// Returns (dq, dk, dv) from the forward's out and lse and the incoming gradient dout [b, h, p_q, d]; dk and dv
+// are summed over the query heads of each kv group.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_attention_backward(const at::Tensor& qh, const at::Tensor& kh,
+                                                                        const at::Tensor& vh, const at::Tensor& valid,
+                                                                        const at::Tensor& out, const at::Tensor& lse,
+                                                                        const at::Tensor& dout, double scale);
+
+// Column order of a fused QKV projection output (see native/cuda/kernels_cuda.cuh).
+enum class QkvLayout {
+  Gpt2,  // which * heads * d_head + head * d_head + x
+  NeoX,  // head * 3 * d_head + which * d_head + x
+};
+
+// qkv [batch * pos, 3 * heads * d_head] (or any contiguous shape with that many elements and last dimension
+// 3 * heads * d_head) -> (q, k, v), each [batch, heads, pos, d_head].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_split_forward(QkvLayout layout, const at::Tensor& qkv,
+                                                                 int64_t batch, int64_t pos, int64_t heads,
+                                                                 int64_t d_head);
+
+// dq, dk, dv [batch, heads, pos, d_head] -> dqkv [batch * pos, 3 * heads * d_head] in the given layout.
+at::Tensor qkv_split_backward(QkvLayout layout, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv);
+
+}  // namespace sl::kernels::cuda
