@@ -4,6 +4,8 @@
 #   ./build.sh test     build, then run every test suite; ends with "N passed, N failed"
 #   ./build.sh bench    build, then run the BenchmarkDotNet suite and write perf/results/summary.md
 #   ./build.sh demo     build, then run `lens demo` (train a small model, find its induction heads; options pass through)
+#   ./build.sh cuda-check  compile the CUDA kernels with nvcc (no GPU or CUDA libtorch needed; --install fetches
+#                          Debian's nvidia-cuda-toolkit) and run their standalone test where a GPU is present
 # Environment: SHARPLENS_LIBTORCH or Torch_DIR select another libtorch (e.g. a CUDA build);
 # SHARPLENS_NUM_THREADS sets libtorch's intra-op threads (default: all cores).
 set -euo pipefail
@@ -81,5 +83,6 @@ case "${1:-build}" in
   test) run_tests ;;
   bench) shift; run_bench "$@" ;;
   demo) shift; build_all; dotnet "$ROOT/managed/SharpLens.Cli/bin/Release/net10.0/lens.dll" demo "$@" ;;
-  *) echo "usage: ./build.sh [build|test|bench|demo]" >&2; exit 2 ;;
+  cuda-check) shift; "$ROOT/native/cuda/check.sh" "$@" ;;
+  *) echo "usage: ./build.sh [build|test|bench|demo|cuda-check]" >&2; exit 2 ;;
 esac

@@ -118,6 +118,11 @@ if ! echo '#include <c10/cuda/impl/cuda_cmake_macros.h>' | "$CXX_BIN" "${GLUE_FL
 fi
 log "$CXX_BIN -c $SRC/glue_cuda.cpp"
 if "$CXX_BIN" "${GLUE_FLAGS[@]}" -c "$SRC/glue_cuda.cpp" -o "$OUT/glue_cuda.o"; then compiled+=(glue_cuda.cpp); else failed+=(glue_cuda.cpp); fi
+# The CPU attention kernel's dispatch to the glue (its SHARPLENS_WITH_CUDA branches), which no CPU build compiles.
+ROOT_DIR=$(cd "$SRC/../.." && pwd)
+log "$CXX_BIN -fsyntax-only -DSHARPLENS_WITH_CUDA native/src/kernels/attention_cpu.cpp"
+if "$CXX_BIN" "${GLUE_FLAGS[@]}" -Wno-unused-parameter -DSHARPLENS_WITH_CUDA -I "$ROOT_DIR/native/src" -I "$ROOT_DIR/native/include" \
+    -fsyntax-only "$ROOT_DIR/native/src/kernels/attention_cpu.cpp"; then compiled+=(attention_cpu.cpp+cuda); else failed+=(attention_cpu.cpp+cuda); fi
 
 test_status="not built"
 if [ ${#failed[@]} -eq 0 ]; then

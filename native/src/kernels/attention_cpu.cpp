@@ -14,6 +14,10 @@
 #include <limits>
 #include <vector>
 
+#ifdef SHARPLENS_WITH_CUDA
+#include "kernels_cuda_glue.h"  // native/cuda: the same kernel for CUDA tensors
+#endif
+
 namespace sl::kernels {
 namespace {
 
@@ -167,6 +171,15 @@ class FusedAttentionFunction : public torch::autograd::Function<FusedAttentionFu
   // Inputs in kernel layout: qh [b, h, p_q, d], kh/vh [b, h_kv, p_k, d], contiguous.
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& qh, const at::Tensor& kh,
                             const at::Tensor& vh, const at::Tensor& valid, double scale) {
+#ifdef SHARPLENS_WITH_CUDA
+    if (qh.is_cuda()) {
+      auto [out, lse] = cuda::fused_attention_forward(qh, kh, vh, valid.numel() > 0 ? valid.to(qh.device()) : valid, scale);
+      ctx->save_for_backward({qh, kh, vh, out, lse});
+      ctx->saved_data["valid"] = valid;
+      ctx->saved_data["scale"] = scale;
+      return out;
+    }
+#endif
     auto out = at::empty_like(qh);
     auto lse = at::empty({qh.size(0), qh.size(1), qh.size(2)}, qh.options());
     const auto s = shape_of(qh, kh);
@@ -188,6 +201,13 @@ class FusedAttentionFunction : public torch::autograd::Function<FusedAttentionFu
     const auto valid = ctx->saved_data["valid"].toTensor();
     const double scale = ctx->saved_data["scale"].toDouble();
     auto dout = grads[0].contiguous();
+#ifdef SHARPLENS_WITH_CUDA
+    if (qh.is_cuda()) {
+      auto [dq, dk, dv] = cuda::fused_attention_backward(qh, kh, vh, valid.numel() > 0 ? valid.to(qh.device()) : valid, out,
+                                                         lse, dout, scale);
+      return {dq, dk, dv, at::Tensor(), at::Tensor()};
+    }
+#endif
     auto dq = at::zeros_like(qh), dk = at::zeros_like(kh), dv = at::zeros_like(vh);
     const auto s = shape_of(qh, kh);
     const uint8_t* vp = valid.numel() > 0 ? valid.data_ptr<uint8_t>() : nullptr;
@@ -204,6 +224,11 @@ class FusedAttentionFunction : public torch::autograd::Function<FusedAttentionFu
 }  // namespace
 
 bool fused_attention_supported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+#ifdef SHARPLENS_WITH_CUDA
+  // q, k, v arrive as [b, p, h, d]; the CUDA glue judges the kernel layout [b, h, p, d] it will receive.
+  if (q.is_cuda() && q.dim() == 4 && k.dim() == 4 && v.dim() == 4)
+    return cuda::fused_attention_supported(q.permute({0, 2, 1, 3}), k.permute({0, 2, 1, 3}), v.permute({0, 2, 1, 3}));
+#endif
   const auto t = q.scalar_type();
   return q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && (t == at::kFloat || t == at::kDouble) &&
          k.scalar_type() == t && v.scalar_type() == t && q.dim() == 4 && k.dim() == 4 && v.dim() == 4 &&
