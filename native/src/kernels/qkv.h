@@ -1,0 +1,35 @@
+// The fused query/key/value projection of the two Hugging Face layouts as one autograd node over BLAS calls on the
+// fused weight: no per-part weight views in the graph, and a backward that writes each part's block of the fused
+// weight (and bias) gradient once, with no zero-filled buffers. The weight is read in place through leading
+// dimensions and offsets, except NeoX with separate inputs, whose forward gathers each part's rows into a scratch
+// (one GEMM per part measured faster than one per head; see qkv_cpu.cpp).
+//
+// Layouts (h = n_heads, d = d_head, m = d_model):
+//   0, GPT-2 Conv1D c_attn:       w [m, 3*h*d], y = x w + b,   output column = part*h*d + head*d + j
+//   1, GPT-NeoX query_key_value:  w [h*3*d, m], y = x wᵀ + b,  output row    = head*3*d + part*d + j
+// b [3*h*d] in the same order as the weight's output dimension; part 0 = q, 1 = k, 2 = v.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <tuple>
+
+namespace sl::kernels {
+
+// True when the kernel handles these (float32/float64 CPU tensors of one dtype, layout 0 or 1, shapes consistent
+// as qkv_project requires); otherwise the caller uses ATen. b may be undefined.
+bool qkv_project_supported(int layout, const at::Tensor& xq, const at::Tensor& xk, const at::Tensor& xv,
+                           const at::Tensor& w, const at::Tensor& b, int64_t n_heads);
+
+// xq, xk, xv [batch, pos, m], all of one shape (they may be the same tensor), w and b (undefined = no bias) in the
+// given layout -> (q, k, v), each [batch, pos, h, d] contiguous: q = xq through the q part of w plus the q part of
+// b, and so on. Differentiable w.r.t. xq, xk, xv, w and b; an unused output contributes nothing. When xq, xk and
+// xv are the same tensor, its whole gradient comes back through the xq slot. Inputs the kernel does not handle
+// (see qkv_project_supported: other dtypes or devices) take the same math as ATen ops. Throws
+// std::invalid_argument naming the tensor and its shape when shapes are inconsistent or the layout is unknown.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_project(int layout, const at::Tensor& xq, const at::Tensor& xk,
+                                                           const at::Tensor& xv, const at::Tensor& w,
+                                                           const at::Tensor& b, int64_t n_heads);
+
+}  // namespace sl::kernels
