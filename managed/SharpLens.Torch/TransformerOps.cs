@@ -36,6 +36,18 @@ public static class TransformerOps
         return (new Tensor(q), new Tensor(k), new Tensor(v));
     }
 
+    /// <summary>
+    /// As <see cref="QkvSplit"/> with its own input per part (TransformerLens normalises ln1 separately for q, k and v
+    /// when its hooks listen): q from <paramref name="xq"/> through the q part of the fused weight, and so on. One
+    /// native autograd op; the backward writes each part's block of the fused weight's gradient once.
+    /// </summary>
+    public static (Tensor Q, Tensor K, Tensor V) QkvProject(QkvLayout layout, Tensor xq, Tensor xk, Tensor xv, Tensor weight, Tensor? bias, long nHeads)
+    {
+        NativeStatus.Check(NativeMethods.sl_qkv_project((int)layout, xq.Handle, xk.Handle, xv.Handle, weight.Handle, Tensor.HandleOrNull(bias), nHeads,
+            out var q, out var k, out var v));
+        return (new Tensor(q), new Tensor(k), new Tensor(v));
+    }
+
     /// <summary>Causal scores q·k × scale as [batch, head, q_pos, k_pos], -inf where masked (future keys, keys whose <paramref name="keyMask"/> is 0).</summary>
     public static Tensor AttentionScores(Tensor q, Tensor k, Tensor? keyMask, double scale) =>
         Tensor.Wrap(NativeMethods.sl_attention_scores(q.Handle, k.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
@@ -45,6 +57,21 @@ public static class TransformerOps
 
     /// <summary>Weighted values: pattern [batch, head, q, k] and v [batch, k, head, d_head] give z [batch, q, head, d_head].</summary>
     public static Tensor AttentionApply(Tensor pattern, Tensor v) => Tensor.Wrap(NativeMethods.sl_attention_apply(pattern.Handle, v.Handle, out var r), r);
+
+    /// <summary>
+    /// <see cref="AttentionApply"/> over the causal part of the pattern only (key j ≤ i + k_pos − q_pos): entries
+    /// above the diagonal count as zero whatever they hold, and the kernel skips those tiles. For a pattern that no
+    /// hook replaced, where they are zero anyway.
+    /// </summary>
+    public static Tensor AttentionApplyCausal(Tensor pattern, Tensor v) =>
+        Tensor.Wrap(NativeMethods.sl_attention_apply_causal(pattern.Handle, v.Handle, out var r), r);
+
+    /// <summary>
+    /// <c>AttentionPattern(AttentionScores(q, k, keyMask, scale))</c> in one call that never stores the scores, for
+    /// when a hook needs the pattern but not the scores.
+    /// </summary>
+    public static Tensor AttentionCausalPattern(Tensor q, Tensor k, Tensor? keyMask, double scale) =>
+        Tensor.Wrap(NativeMethods.sl_attention_causal_pattern(q.Handle, k.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
 
     /// <summary>
     /// Scores, pattern and weighted values in one call, when nothing needs the intermediate tensors: causal attention

@@ -283,13 +283,28 @@ enum {
 /* x [b, p, m] -> q, k, v [b, p, h, d]. bias may be NULL. */
 SL_API sl_status sl_qkv_split(int32_t layout, sl_tensor x, sl_tensor weight, sl_tensor bias, int64_t n_heads,
                               sl_tensor* q, sl_tensor* k, sl_tensor* v);
-/* Causal attention scores q.k * scale as [b, h, p_q, p_k], with -inf above the diagonal and at keys whose
+/* As sl_qkv_split with a separate input per part (TransformerLens normalises ln1 separately for q, k and v when
+ * its hooks listen): xq, xk, xv [b, p, m] (one shape; may be the same tensor) -> q, k, v [b, p, h, d], contiguous.
+ * The weight is read in place except GPT-NeoX with three inputs, which gathers each part's rows into a scratch
+ * buffer for one GEMM; the backward writes each part's block of the fused weight's gradient once. */
+SL_API sl_status sl_qkv_project(int32_t layout, sl_tensor xq, sl_tensor xk, sl_tensor xv, sl_tensor weight,
+                                sl_tensor bias, int64_t n_heads, sl_tensor* q, sl_tensor* k, sl_tensor* v);
+/* The staged attention below uses the materialising CPU kernels for float32/float64 (GEMMs only on tiles at or
+ * below the causal diagonal, scale + mask + softmax fused per row block) and the libtorch composition otherwise.
+ * Causal attention scores q.k * scale as [b, h, p_q, p_k], with -inf above the diagonal and at keys whose
  * key_mask entry is 0 (key_mask [b, p_k], bool or integer; may be NULL). */
 SL_API sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mask, double scale, sl_tensor* scores);
 /* Softmax over keys, computed in float32 at least and cast back; rows with every key masked give 0. */
 SL_API sl_status sl_attention_pattern(sl_tensor scores, sl_tensor* pattern);
 /* pattern [b, h, p_q, p_k], v [b, p_k, h, d] -> z [b, p_q, h, d]. */
 SL_API sl_status sl_attention_apply(sl_tensor pattern, sl_tensor v, sl_tensor* z);
+/* sl_attention_apply using only the causal part of the pattern (key j <= i + p_k - p_q): entries above the
+ * diagonal count as 0 whatever they hold, and the kernel skips them. For a pattern no hook has replaced. */
+SL_API sl_status sl_attention_apply_causal(sl_tensor pattern, sl_tensor v, sl_tensor* z);
+/* sl_attention_pattern(sl_attention_scores(...)) in one call, without storing the scores (for when only the
+ * pattern is hooked). */
+SL_API sl_status sl_attention_causal_pattern(sl_tensor q, sl_tensor k, sl_tensor key_mask, double scale,
+                                             sl_tensor* pattern);
 /* The three steps above in one call, for when no hook needs scores or pattern: q, k, v -> z. k and v may have
  * fewer heads than q (grouped-query attention: query head h reads key/value head h / (h_q / h_kv)). Uses the
  * fused kernel where it applies (float32/float64 on CPU), the composition otherwise. */

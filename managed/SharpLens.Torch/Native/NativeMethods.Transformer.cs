@@ -5,9 +5,12 @@ namespace SharpLens.Tensors.Native;
 internal static unsafe partial class NativeMethods
 {
     [LibraryImport(Library)] internal static partial int sl_qkv_split(int layout, TensorHandle x, TensorHandle weight, TensorHandle bias, long nHeads, out nint q, out nint k, out nint v);
+    [LibraryImport(Library)] internal static partial int sl_qkv_project(int layout, TensorHandle xq, TensorHandle xk, TensorHandle xv, TensorHandle weight, TensorHandle bias, long nHeads, out nint q, out nint k, out nint v);
     [LibraryImport(Library)] internal static partial int sl_attention_scores(TensorHandle q, TensorHandle k, TensorHandle keyMask, double scale, out nint scores);
     [LibraryImport(Library)] internal static partial int sl_attention_pattern(TensorHandle scores, out nint pattern);
     [LibraryImport(Library)] internal static partial int sl_attention_apply(TensorHandle pattern, TensorHandle v, out nint z);
+    [LibraryImport(Library)] internal static partial int sl_attention_apply_causal(TensorHandle pattern, TensorHandle v, out nint z);
+    [LibraryImport(Library)] internal static partial int sl_attention_causal_pattern(TensorHandle q, TensorHandle k, TensorHandle keyMask, double scale, out nint pattern);
     [LibraryImport(Library)] internal static partial int sl_attention(TensorHandle q, TensorHandle k, TensorHandle v, TensorHandle keyMask, double scale, out nint z);
     [LibraryImport(Library)] internal static partial int sl_attention_with(int implementation, TensorHandle q, TensorHandle k, TensorHandle v, TensorHandle keyMask, double scale, out nint z);
     [LibraryImport(Library)] internal static partial int sl_layer_norm_centre_scale(TensorHandle x, double eps, out nint centred, out nint scale);

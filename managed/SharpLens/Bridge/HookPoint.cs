@@ -101,9 +101,13 @@ public sealed class HookPoint
     /// them, so every hook point is a distinct node even where two share a tensor (resid_post of one block
     /// and resid_pre of the next): downstream hooks run first and their replacements reach upstream ones.
     /// </summary>
-    internal Tensor Fire(Tensor activation)
+    internal Tensor Fire(Tensor activation) => Fire(activation, out _);
+
+    /// <summary>As <see cref="Fire(Tensor)"/>; <paramref name="replaced"/> tells whether a forward hook replaced the activation.</summary>
+    internal Tensor Fire(Tensor activation, out bool replaced)
     {
         var current = _hooks.Count == 0 ? activation : RunForwardHooks(activation);
+        replaced = !ReferenceEquals(current, activation);
         return _backwardHooks.Count == 0 ? current : AttachBackwardHooks(current);
     }
 

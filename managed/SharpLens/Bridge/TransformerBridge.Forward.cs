@@ -39,10 +39,12 @@ public sealed partial class TransformerBridge
     }
 
     /// <summary>Fires a hook point, in the model's dtype when the forward pass computes in float32.</summary>
-    private Tensor Fire(HookPoint hookPoint, Tensor activation)
+    private Tensor Fire(HookPoint hookPoint, Tensor activation) => Fire(hookPoint, activation, out _);
+
+    private Tensor Fire(HookPoint hookPoint, Tensor activation, out bool replaced)
     {
-        if (_computeCasts is null || !activation.DType.IsFloatingPoint()) return hookPoint.Fire(activation);
-        return hookPoint.Fire(activation.To(Config.DType)).To(ScalarType.Float32);
+        if (_computeCasts is null || !activation.DType.IsFloatingPoint()) return hookPoint.Fire(activation, out replaced);
+        return hookPoint.Fire(activation.To(Config.DType), out replaced).To(ScalarType.Float32);
     }
 
     private Tensor RunModelCore(Tensor tokens, Tensor? attentionMask)
@@ -155,13 +157,13 @@ public sealed partial class TransformerBridge
         {
             // TransformerLens applies ln1 to the query, key and value inputs separately, so ln1's hooks fire
             // three times per block (q, k, v order) and a backward hook there sees each path's gradient on
-            // its own. Reproduce that whenever someone is listening; the result is the same as below. Each copy
-            // goes through its own third of the fused weight only, so the projection costs what the fused one does.
-            Tensor Normed() => LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
-            var (wq, wk, wv, bq, bk, bv) = SplitQkvWeights(spec.Attention);
-            q = ProjectAllHeads(Normed(), wq, bq);
-            k = ProjectAllHeads(Normed(), wk, bk);
-            v = ProjectAllHeads(Normed(), wv, bv);
+            // its own. Reproduce that whenever someone is listening; the result is the same as below. One native
+            // op projects each copy through its own part of the fused weight.
+            var qkv = spec.Attention.Qkv;
+            var xq = LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
+            var xk = LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
+            var xv = LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
+            (q, k, v) = TransformerOps.QkvProject(spec.Attention.QkvLayout, xq, xk, xv, P(qkv.Weight), qkv.Bias is null ? null : P(qkv.Bias), Config.NHeads);
         }
         else
         {
@@ -183,9 +185,20 @@ public sealed partial class TransformerBridge
         Tensor z;
         if (h.AttnScores.HasAnyHooks || h.Pattern.HasAnyHooks)
         {
-            var scores = Fire(h.AttnScores, TransformerOps.AttentionScores(q, k, attentionMask, scale));
-            var pattern = Fire(h.Pattern, TransformerOps.AttentionPattern(scores));
-            z = TransformerOps.AttentionApply(pattern, v);
+            // Materialised for the hooks. While no forward hook replaces scores or pattern, the pattern is zero above
+            // the causal diagonal and the weighted sum skips those tiles; a replaced one is used in full.
+            Tensor pattern;
+            bool scoresReplaced = false, patternReplaced;
+            if (h.AttnScores.HasAnyHooks)
+            {
+                var scores = Fire(h.AttnScores, TransformerOps.AttentionScores(q, k, attentionMask, scale), out scoresReplaced);
+                pattern = Fire(h.Pattern, TransformerOps.AttentionPattern(scores), out patternReplaced);
+            }
+            else
+            {
+                pattern = Fire(h.Pattern, TransformerOps.AttentionCausalPattern(q, k, attentionMask, scale), out patternReplaced);
+            }
+            z = scoresReplaced || patternReplaced ? TransformerOps.AttentionApply(pattern, v) : TransformerOps.AttentionApplyCausal(pattern, v);
         }
         else
         {
@@ -207,17 +220,6 @@ public sealed partial class TransformerBridge
     private Tensor Project(Tensor perHeadInput, Tensor w, Tensor? b)
     {
         var y = Torch.Einsum("bphm,hmd->bphd", perHeadInput, w);
-        return b is null ? y : y + b;
-    }
-
-    /// <summary>
-    /// [batch, pos, d_model] through one of q/k/v ([head, d_model, d_head]) as a single GEMM, giving [batch, pos, head, d_head].
-    /// The reshape is a view for GPT-2's layout and copies only the d_model x d_model weight slice for GPT-NeoX's.
-    /// </summary>
-    private Tensor ProjectAllHeads(Tensor x, Tensor w, Tensor? b)
-    {
-        var y = x.Matmul(w.Permute(1, 0, 2).Reshape(Config.DModel, Config.NHeads * Config.DHead))
-            .View(x.Size(0), x.Size(1), Config.NHeads, Config.DHead);
         return b is null ? y : y + b;
     }
 

@@ -9,7 +9,9 @@
 
 #include "common.h"
 #include "kernels/attention.h"
+#include "kernels/attention_materialised.h"
 #include "kernels/layer_norm.h"
+#include "kernels/qkv.h"
 
 using sl::get;
 using sl::new_handle;
@@ -59,7 +61,7 @@ at::Tensor expand_kv_heads(const at::Tensor& kv, int64_t query_heads) {
   return kv.repeat_interleave(query_heads / kv_heads, 2);
 }
 
-at::Tensor attention_scores(const at::Tensor& q, const at::Tensor& k_in, const c10::optional<at::Tensor>& key_mask,
+at::Tensor composed_scores(const at::Tensor& q, const at::Tensor& k_in, const c10::optional<at::Tensor>& key_mask,
                             double scale) {
   check_rank(q, 4, "q", "[batch, pos, head, d_head]");
   check_rank(k_in, 4, "k", "[batch, pos, head, d_head]");
@@ -79,7 +81,7 @@ at::Tensor attention_scores(const at::Tensor& q, const at::Tensor& k_in, const c
   return scores.masked_fill(mask, -std::numeric_limits<double>::infinity());
 }
 
-at::Tensor attention_pattern(const at::Tensor& scores) {
+at::Tensor composed_pattern(const at::Tensor& scores) {
   const auto compute = at::isFloatingType(scores.scalar_type()) && c10::elementSize(scores.scalar_type()) < 4
                            ? at::kFloat
                            : scores.scalar_type();
@@ -89,7 +91,7 @@ at::Tensor attention_pattern(const at::Tensor& scores) {
   return pattern.to(scores.scalar_type());
 }
 
-at::Tensor attention_apply(const at::Tensor& pattern, const at::Tensor& v_in) {
+at::Tensor composed_apply(const at::Tensor& pattern, const at::Tensor& v_in) {
   check_rank(pattern, 4, "pattern", "[batch, head, q_pos, k_pos]");
   check_rank(v_in, 4, "v", "[batch, pos, head, d_head]");
   const auto v = expand_kv_heads(v_in, pattern.size(1));
@@ -97,14 +99,60 @@ at::Tensor attention_apply(const at::Tensor& pattern, const at::Tensor& v_in) {
   return z.permute({0, 2, 1, 3});
 }
 
+void check_key_mask(const c10::optional<at::Tensor>& key_mask, const at::Tensor& q, const at::Tensor& k) {
+  if (key_mask && (key_mask->dim() != 2 || key_mask->size(0) != q.size(0) || key_mask->size(1) != k.size(1)))
+    throw sl::ArgumentError("key mask must be [batch, key_pos] = [" + std::to_string(q.size(0)) + ", " +
+                            std::to_string(k.size(1)) + "], got " + c10::str(key_mask->sizes()));
+}
+
+// The staged attention for hooks on scores or pattern: the materialising kernels where they apply (float32/float64
+// CPU), the composition otherwise (half precision, CUDA without its kernels).
+at::Tensor attention_scores(const at::Tensor& q, const at::Tensor& k, const c10::optional<at::Tensor>& key_mask,
+                            double scale) {
+  check_rank(q, 4, "q", "[batch, pos, head, d_head]");
+  check_rank(k, 4, "k", "[batch, pos, head, d_head]");
+  check_key_mask(key_mask, q, k);
+  if (sl::kernels::materialised_attention_supported(q, k, at::Tensor()))
+    return sl::kernels::causal_scores(q, k, key_mask ? *key_mask : at::Tensor(), scale);
+  return composed_scores(q, k, key_mask, scale);
+}
+
+at::Tensor attention_pattern(const at::Tensor& scores) {
+  check_rank(scores, 4, "scores", "[batch, head, q_pos, k_pos]");
+  if (sl::kernels::materialised_pattern_supported(scores)) return sl::kernels::pattern_from_scores(scores);
+  return composed_pattern(scores);
+}
+
+at::Tensor attention_causal_pattern(const at::Tensor& q, const at::Tensor& k, const c10::optional<at::Tensor>& key_mask,
+                                    double scale) {
+  check_rank(q, 4, "q", "[batch, pos, head, d_head]");
+  check_rank(k, 4, "k", "[batch, pos, head, d_head]");
+  check_key_mask(key_mask, q, k);
+  if (sl::kernels::materialised_attention_supported(q, k, at::Tensor()))
+    return sl::kernels::causal_pattern(q, k, key_mask ? *key_mask : at::Tensor(), scale);
+  return composed_pattern(composed_scores(q, k, key_mask, scale));
+}
+
+at::Tensor attention_apply(const at::Tensor& pattern, const at::Tensor& v, bool causal) {
+  check_rank(pattern, 4, "pattern", "[batch, head, q_pos, k_pos]");
+  check_rank(v, 4, "v", "[batch, pos, head, d_head]");
+  if (pattern.size(0) != v.size(0) || pattern.size(3) != v.size(1))
+    throw sl::ArgumentError("pattern [batch, head, q_pos, k_pos] " + c10::str(pattern.sizes()) +
+                            " does not match v [batch, k_pos, head, d_head] " + c10::str(v.sizes()));
+  if (sl::kernels::materialised_apply_supported(pattern, v)) return sl::kernels::apply_pattern(pattern, v, causal);
+  if (!causal) return composed_apply(pattern, v);
+  // The contract of the causal form: entries above the diagonal do not count, whatever they hold.
+  const int64_t pq = pattern.size(2), pk = pattern.size(3);
+  auto above = at::ones({pq, pk}, pattern.options().dtype(at::kBool)).triu(pk - pq + 1);
+  return composed_apply(pattern.masked_fill(above, 0), v);
+}
+
 at::Tensor attention(int32_t implementation, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const c10::optional<at::Tensor>& key_mask, double scale) {
   check_rank(q, 4, "q", "[batch, pos, head, d_head]");
   check_rank(k, 4, "k", "[batch, pos, head, d_head]");
   check_rank(v, 4, "v", "[batch, pos, head, d_head]");
-  if (key_mask && (key_mask->dim() != 2 || key_mask->size(0) != q.size(0) || key_mask->size(1) != k.size(1)))
-    throw sl::ArgumentError("key mask must be [batch, key_pos] = [" + std::to_string(q.size(0)) + ", " +
-                            std::to_string(k.size(1)) + "], got " + c10::str(key_mask->sizes()));
+  check_key_mask(key_mask, q, k);
   const bool fusable = sl::kernels::fused_attention_supported(q, k, v);
   if (implementation == SL_ATTENTION_FUSED && !fusable)
     throw sl::ArgumentError("the fused attention kernel needs float32 or float64 CPU tensors q [b, p_q, h, d] and k, v "
@@ -114,7 +162,7 @@ at::Tensor attention(int32_t implementation, const at::Tensor& q, const at::Tens
     throw sl::ArgumentError("unknown attention implementation " + std::to_string(implementation));
   if (fusable && implementation != SL_ATTENTION_COMPOSED)
     return sl::kernels::fused_attention(q, k, v, key_mask ? *key_mask : at::Tensor(), scale);
-  return attention_apply(attention_pattern(attention_scores(q, k, key_mask, scale)), v);
+  return composed_apply(composed_pattern(composed_scores(q, k, key_mask, scale)), v);
 }
 
 at::Tensor rotate_half(const at::Tensor& x) {
@@ -160,6 +208,33 @@ sl_status sl_qkv_split(int32_t layout, sl_tensor x, sl_tensor weight, sl_tensor 
   SL_CATCH
 }
 
+sl_status sl_qkv_project(int32_t layout, sl_tensor xq, sl_tensor xk, sl_tensor xv, sl_tensor weight, sl_tensor bias,
+                         int64_t n_heads, sl_tensor* q, sl_tensor* k, sl_tensor* v) {
+  SL_TRY
+  sl::require(q, "q");
+  sl::require(k, "k");
+  sl::require(v, "v");
+  const auto &a = get(xq, "xq"), &b = get(xk, "xk"), &c = get(xv, "xv"), &w = get(weight, "weight");
+  const auto bb = sl::get_optional(bias);
+  if (layout != SL_QKV_GPT2_CONV1D && layout != SL_QKV_NEOX_INTERLEAVED)
+    throw sl::ArgumentError("unknown QKV layout " + std::to_string(layout));
+  for (const auto* t : {&a, &b, &c}) check_rank(*t, 3, "x", "[batch, pos, d_model]");
+  check_rank(w, 2, "qkv weight", "[rows, cols]");
+  if (n_heads <= 0) throw sl::ArgumentError("n_heads must be positive");
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> r;
+  try {
+    r = sl::kernels::qkv_project(layout, a, b, c, w, bb.value_or(at::Tensor()), n_heads);
+  } catch (const std::invalid_argument& e) {
+    throw sl::ArgumentError(e.what());  // shape errors of the inputs, named by the kernel
+  }
+  auto hq = new_handle(std::get<0>(r));
+  auto hk = new_handle(std::get<1>(r));
+  *q = hq;
+  *k = hk;
+  *v = new_handle(std::get<2>(r));
+  SL_CATCH
+}
+
 sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mask, double scale, sl_tensor* scores) {
   SL_TRY
   SL_OUT(scores) = new_handle(attention_scores(get(q, "q"), get(k, "k"), sl::get_optional(key_mask), scale));
@@ -174,7 +249,19 @@ sl_status sl_attention_pattern(sl_tensor scores, sl_tensor* pattern) {
 
 sl_status sl_attention_apply(sl_tensor pattern, sl_tensor v, sl_tensor* z) {
   SL_TRY
-  SL_OUT(z) = new_handle(attention_apply(get(pattern, "pattern"), get(v, "v")));
+  SL_OUT(z) = new_handle(attention_apply(get(pattern, "pattern"), get(v, "v"), false));
+  SL_CATCH
+}
+
+sl_status sl_attention_apply_causal(sl_tensor pattern, sl_tensor v, sl_tensor* z) {
+  SL_TRY
+  SL_OUT(z) = new_handle(attention_apply(get(pattern, "pattern"), get(v, "v"), true));
+  SL_CATCH
+}
+
+sl_status sl_attention_causal_pattern(sl_tensor q, sl_tensor k, sl_tensor key_mask, double scale, sl_tensor* pattern) {
+  SL_TRY
+  SL_OUT(pattern) = new_handle(attention_causal_pattern(get(q, "q"), get(k, "k"), sl::get_optional(key_mask), scale));
   SL_CATCH
 }
 
