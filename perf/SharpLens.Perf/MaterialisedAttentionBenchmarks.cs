@@ -9,27 +9,8 @@ namespace SharpLens.Perf;
 /// composition of the same math (matmul, mask, softmax, NaN-to-zero, matmul), which also materialises the pattern,
 /// in the same run. With scores hooked as well, the scores kernel runs in front (third row).
 /// </summary>
-public class MaterialisedAttentionForwardBenchmarks
+public class MaterialisedAttentionForwardBenchmarks : AttentionInputs
 {
-    private Tensor _q = null!, _k = null!, _v = null!;
-
-    [Params(128, 512, 1024, 2048)] public int Positions;
-
-    [GlobalSetup]
-    public void Setup()
-    {
-        using var g = new Generator(0);
-        _q = Torch.Randn([1, Positions, 12, 64], g);
-        _k = Torch.Randn([1, Positions, 12, 64], g);
-        _v = Torch.Randn([1, Positions, 12, 64], g);
-    }
-
-    [GlobalCleanup]
-    public void Cleanup()
-    {
-        _q.Dispose(); _k.Dispose(); _v.Dispose();
-    }
-
     [Benchmark(Baseline = true, Description = "composed (pattern materialised)")]
     public void Composed()
     {
@@ -55,27 +36,9 @@ public class MaterialisedAttentionForwardBenchmarks
 }
 
 /// <summary>Forward and backward of the materialised attention (gradients of q, k and v), kernels against composed.</summary>
-public class MaterialisedAttentionForwardBackwardBenchmarks
+public class MaterialisedAttentionForwardBackwardBenchmarks : AttentionInputs
 {
-    private Tensor _q = null!, _k = null!, _v = null!, _w = null!;
-
-    [Params(128, 512, 1024, 2048)] public int Positions;
-
-    [GlobalSetup]
-    public void Setup()
-    {
-        using var g = new Generator(0);
-        _q = Torch.Randn([1, Positions, 12, 64], g).RequiresGrad_();
-        _k = Torch.Randn([1, Positions, 12, 64], g).RequiresGrad_();
-        _v = Torch.Randn([1, Positions, 12, 64], g).RequiresGrad_();
-        _w = Torch.Randn([1, Positions, 12, 64], g);
-    }
-
-    [GlobalCleanup]
-    public void Cleanup()
-    {
-        _q.Dispose(); _k.Dispose(); _v.Dispose(); _w.Dispose();
-    }
+    public MaterialisedAttentionForwardBackwardBenchmarks() => WithGradients = true;
 
     private void Run(Func<Tensor> attention)
     {

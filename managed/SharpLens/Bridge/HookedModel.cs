@@ -132,26 +132,9 @@ public abstract class HookedModel : IDisposable
     private HookHandle AddActions(IReadOnlyList<HookPoint> points, HookAction action, bool permanent)
     {
         ArgumentNullException.ThrowIfNull(action);
-        if (action is not HookAction.CacheGradientAction gradient)
-            return AddHooks(points, null, permanent, action);
-        foreach (var hp in points)
-            if (!IsEnabled(hp))
-                throw new InvalidOperationException($"hook point '{hp.Name}' fires only with {hp.SwitchName}; turn it on in Config first");
-        var entries = new List<(HookPoint, Action)>();
-        try
-        {
-            foreach (var hp in points)
-            {
-                var r = hp.AddBackward(null, permanent, gradient.Cache);
-                entries.Add((hp, () => hp.Remove(r)));
-            }
-        }
-        catch
-        {
-            foreach (var (_, remove) in entries) remove();
-            throw;
-        }
-        return new HookHandle(entries);
+        return action is HookAction.CacheGradientAction gradient
+            ? AddBackwardHooks(points, null, permanent, gradient.Cache)
+            : AddHooks(points, null, permanent, action);
     }
 
     /// <summary>
@@ -168,9 +151,10 @@ public abstract class HookedModel : IDisposable
     /// <summary>Adds a backward hook to every enabled, differentiable hook point whose name matches <paramref name="pattern"/>.</summary>
     public HookHandle AddBackwardHook(Regex pattern, BackwardHook hook, bool permanent = false) => AddBackwardHook(pattern.IsMatch, hook, permanent);
 
-    private HookHandle AddBackwardHooks(IReadOnlyList<HookPoint> points, BackwardHook hook, bool permanent)
+    /// <summary>Adds a user backward hook, or (with <paramref name="gradientCache"/>) the native gradient capture, to every point; all or none.</summary>
+    private HookHandle AddBackwardHooks(IReadOnlyList<HookPoint> points, BackwardHook? hook, bool permanent, ActivationCache? gradientCache = null)
     {
-        ArgumentNullException.ThrowIfNull(hook);
+        if (hook is null && gradientCache is null) throw new ArgumentNullException(nameof(hook));
         foreach (var hp in points)
             if (!IsEnabled(hp))
                 throw new InvalidOperationException($"hook point '{hp.Name}' fires only with {hp.SwitchName}; turn it on in Config first");
@@ -179,7 +163,7 @@ public abstract class HookedModel : IDisposable
         {
             foreach (var hp in points)
             {
-                var r = hp.AddBackward(hook, permanent);
+                var r = hp.AddBackward(hook, permanent, gradientCache);
                 entries.Add((hp, () => hp.Remove(r)));
             }
         }
