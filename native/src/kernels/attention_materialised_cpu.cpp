@@ -41,7 +41,7 @@ constexpr int64_t kPrivateAccumulatorBytes = int64_t(256) << 20;
 // Row kernels: softmax and its backward over one row, with explicit 256-bit GCC vectors (compiled for AVX2 +
 // FMA where the CPU has it, SSE2 otherwise), so the reductions and exp vectorise without -ffast-math.
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define SL_ROW_KERNEL __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define SL_ROW_KERNEL
