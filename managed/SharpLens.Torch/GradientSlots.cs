@@ -33,6 +33,16 @@ public sealed class GradientSlots : IDisposable
         NativeStatus.Check(NativeMethods.sl_slots_capture_grad(_handle, slot, tensor.Handle));
     }
 
+    /// <summary>How many gradients the hooks have stored so far; unchanged since the last look means there is nothing new to take.</summary>
+    public long Version
+    {
+        get
+        {
+            NativeStatus.Check(NativeMethods.sl_slots_version(_handle, out var version));
+            return version;
+        }
+    }
+
     /// <summary>Removes and returns the gradient stored in <paramref name="slot"/> (owned by the caller's scope), or null if none arrived.</summary>
     public Tensor? Take(int slot)
     {

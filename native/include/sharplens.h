@@ -263,6 +263,8 @@ SL_API sl_status sl_slots_free(sl_slots slots);
 /* Registers on t (which must require grad) a gradient hook that stores the gradient, detached, in slot
  * (replacing what is there) and keeps the gradient unchanged. */
 SL_API sl_status sl_slots_capture_grad(sl_slots slots, int32_t slot, sl_tensor t);
+/* How many gradients the table's hooks have stored so far (unchanged: nothing new to take). */
+SL_API sl_status sl_slots_version(sl_slots slots, int64_t* out);
 /* Moves the slot's tensor to *out (a new handle) and empties the slot; *out = NULL when it is empty. */
 SL_API sl_status sl_slots_take(sl_slots slots, int32_t slot, sl_tensor* out);
 /* x with the entries at the selected heads (indices along head_dim) and positions (along pos_dim) replaced by

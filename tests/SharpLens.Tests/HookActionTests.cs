@@ -119,6 +119,23 @@ public class HookActionTests(string model) : FixtureTest(model)
     }
 
     [Test]
+    public void ACacheReadBetweenTwoBackwardPassesSeesTheLaterGradient()
+    {
+        using var bridge = TransformerBridge.Load(ModelDir);
+        using var scope = Torch.NewScope();
+        using var cache = new ActivationCache(bridge);
+        const string z = "blocks.0.attn.hook_z_grad";
+        using (bridge.AddHook("blocks.0.attn.hook_z", HookAction.CacheGradient(cache)))
+        {
+            LastLogitsSum(bridge.Forward(Tokens)).Backward();
+            var first = cache[z].Clone();
+            Assert.That(cache[z].SharesStorageWith(cache[z]), "repeated reads with nothing new return the cached tensor");
+            (LastLogitsSum(bridge.Forward(Tokens)) * 2).Backward();
+            Assert.That(MaxAbsDiff(first * 2, cache[z]), Is.LessThan(1e-5), "the second pass's gradient replaced the first");
+        }
+    }
+
+    [Test]
     public void ActionErrorsNameTheHookPointAndShapes()
     {
         using var bridge = TransformerBridge.Load(ModelDir);

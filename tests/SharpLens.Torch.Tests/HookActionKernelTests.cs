@@ -14,7 +14,9 @@ public class HookActionKernelTests
         var x = Torch.FromArray(new[] { 1.0, 2.0, 3.0 }, 3).RequiresGrad_();
         var y = x * 2;
         slots.Capture(y, 1);
+        Assert.That(slots.Version, Is.EqualTo(0));
         (y * y).Sum().Backward();  // d/dy of sum(y²) = 2y = [4, 8, 12]
+        Assert.That(slots.Version, Is.EqualTo(1), "one gradient stored");
         Assert.That(slots.Take(0), Is.Null, "nothing was captured in slot 0");
         var g = slots.Take(1);
         Assert.That(g, Is.Not.Null);

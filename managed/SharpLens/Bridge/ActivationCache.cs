@@ -13,6 +13,7 @@ public sealed class ActivationCache : IDisposable, IReadOnlyDictionary<string, T
     private readonly Dictionary<string, Tensor> _tensors = new();
     private readonly int _slotCapacity;
     private GradientSlots? _slots;
+    private long _collectedVersion;
     private readonly Dictionary<string, int> _gradientSlots = new();
 
     /// <summary>
@@ -56,7 +57,11 @@ public sealed class ActivationCache : IDisposable, IReadOnlyDictionary<string, T
     /// <summary>Moves gradients the native hooks stored since the last read into the cache (the latest per hook point wins).</summary>
     private void CollectGradients()
     {
+        // One native call per read when nothing arrived since the last one, instead of one per slot.
         if (_slots is null) return;
+        var version = _slots.Version;
+        if (version == _collectedVersion) return;
+        _collectedVersion = version;
         foreach (var (name, slot) in _gradientSlots)
             if (_slots.Take(slot) is { } gradient)
                 Store(name + GradientSuffix, gradient);

@@ -21,6 +21,7 @@ struct SlotTable {
   explicit SlotTable(int32_t count) : slots(static_cast<size_t>(count)) {}
   std::mutex mutex;  // autograd may run hooks on its worker threads
   std::vector<at::Tensor> slots;
+  int64_t version = 0;  // counts stores, so a reader can skip the table when nothing arrived
 };
 
 struct SlotsHandle {
@@ -86,8 +87,17 @@ sl_status sl_slots_capture_grad(sl_slots slots, int32_t slot, sl_tensor t) {
   x.register_hook([table, index](const at::Tensor& grad) {
     std::lock_guard<std::mutex> lock(table->mutex);
     table->slots[index] = grad.detach();
+    ++table->version;
     return at::Tensor();  // keep the gradient
   });
+  SL_CATCH
+}
+
+sl_status sl_slots_version(sl_slots slots, int64_t* out) {
+  SL_TRY
+  auto& table = table_of(slots);
+  std::lock_guard<std::mutex> lock(table.mutex);
+  SL_OUT(out) = table.version;
   SL_CATCH
 }
 

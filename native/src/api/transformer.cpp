@@ -61,10 +61,9 @@ at::Tensor expand_kv_heads(const at::Tensor& kv, int64_t query_heads) {
   return kv.repeat_interleave(query_heads / kv_heads, 2);
 }
 
+// The composition of the staged attention; its callers have validated ranks and the key mask.
 at::Tensor composed_scores(const at::Tensor& q, const at::Tensor& k_in, const c10::optional<at::Tensor>& key_mask,
                             double scale) {
-  check_rank(q, 4, "q", "[batch, pos, head, d_head]");
-  check_rank(k_in, 4, "k", "[batch, pos, head, d_head]");
   const auto k = expand_kv_heads(k_in, q.size(2));
   const int64_t pq = q.size(1), pk = k.size(1);
   auto scores = at::matmul(q.permute({0, 2, 1, 3}), k.permute({0, 2, 3, 1})).mul(scale);  // [b, h, q, k]
@@ -72,9 +71,6 @@ at::Tensor composed_scores(const at::Tensor& q, const at::Tensor& k_in, const c1
   auto causal = at::ones({pq, pk}, q.options().dtype(at::kBool)).triu(pk - pq + 1);
   auto mask = causal.view({1, 1, pq, pk});
   if (key_mask) {
-    if (key_mask->dim() != 2 || key_mask->size(0) != q.size(0) || key_mask->size(1) != pk)
-      throw sl::ArgumentError("key mask must be [batch, key_pos] = [" + std::to_string(q.size(0)) + ", " +
-                              std::to_string(pk) + "], got " + c10::str(key_mask->sizes()));
     auto padded = key_mask->to(q.device()).eq(0).view({q.size(0), 1, 1, pk});
     mask = mask.logical_or(padded);
   }
