@@ -13,6 +13,15 @@ public static unsafe class Functional
     }
 
     /// <summary>
+    /// A linear layer: <paramref name="input"/> [..., in] times <paramref name="weight"/> in the given layout, plus
+    /// <paramref name="bias"/> [out] when given. One autograd node whose backward multiplies only the rows of the
+    /// output gradient that hold a nonzero entry once at least 1/8 of them are zero, as when a loss reads a few
+    /// positions; the gradients equal the dense backward's (it runs instead when a skipped term would be non-finite).
+    /// </summary>
+    public static Tensor Linear(Tensor input, Tensor weight, Tensor? bias = null, LinearWeightLayout layout = LinearWeightLayout.OutIn) =>
+        Tensor.Wrap(NativeMethods.sl_tensor_linear(input.Handle, weight.Handle, Tensor.HandleOrNull(bias), (int)layout, out var r), r);
+
+    /// <summary>
     /// Cross-entropy of <paramref name="logits"/> [N, C] (or [N, C, d...]) against int64 class indices
     /// <paramref name="target"/> [N] (or [N, d...]); targets equal to <paramref name="ignoreIndex"/> are skipped.
     /// </summary>
@@ -31,4 +40,13 @@ public static unsafe class Functional
 
     /// <summary>SiLU (swish).</summary>
     public static Tensor Silu(Tensor input) => input.Silu();
+}
+
+/// <summary>How a linear layer's weight is stored.</summary>
+public enum LinearWeightLayout
+{
+    /// <summary>[in, out]: y = x w (Hugging Face's GPT-2 <c>Conv1D</c>).</summary>
+    InOut = 0,
+    /// <summary>[out, in]: y = x wᵀ (PyTorch's <c>nn.Linear</c>).</summary>
+    OutIn = 1,
 }

@@ -220,6 +220,10 @@ SL_API sl_status sl_tensor_log_softmax(sl_tensor t, int64_t dim, int32_t dtype, 
 SL_API sl_status sl_tensor_layer_norm(sl_tensor t, const int64_t* normalized_shape, int32_t ndim, sl_tensor weight,
                                       sl_tensor bias, double eps, sl_tensor* out);
 /* reduction: 0 = none, 1 = mean, 2 = sum. target holds class indices (int64). */
+/* y = x w + b (layout 0, w [in, out]) or x wᵀ + b (layout 1, w [out, in]); bias may be NULL. One autograd node
+ * whose backward multiplies only the gradient's nonzero rows when at least 1/8 of them are zero (a loss on a few
+ * positions), with the dense backward's result. */
+SL_API sl_status sl_tensor_linear(sl_tensor x, sl_tensor weight, sl_tensor bias, int32_t layout, sl_tensor* out);
 SL_API sl_status sl_tensor_cross_entropy(sl_tensor logits, sl_tensor target, sl_tensor weight, int32_t reduction,
                                          int64_t ignore_index, double label_smoothing, sl_tensor* out);
 

@@ -42,5 +42,6 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)] internal static partial int sl_tensor_softmax(TensorHandle t, long dim, int dtype, out nint result);
     [LibraryImport(Library)] internal static partial int sl_tensor_log_softmax(TensorHandle t, long dim, int dtype, out nint result);
     [LibraryImport(Library)] internal static partial int sl_tensor_layer_norm(TensorHandle t, long* normalizedShape, int ndim, TensorHandle weight, TensorHandle bias, double eps, out nint result);
+    [LibraryImport(Library)] internal static partial int sl_tensor_linear(TensorHandle x, TensorHandle weight, TensorHandle bias, int layout, out nint result);
     [LibraryImport(Library)] internal static partial int sl_tensor_cross_entropy(TensorHandle logits, TensorHandle target, TensorHandle weight, int reduction, long ignoreIndex, double labelSmoothing, out nint result);
 }

@@ -1,19 +1,11 @@
 using System.Text.Json;
 using SharpLens.Conversions;
+using SharpLens.Tensors;
 
 namespace SharpLens.Adapters;
 
-/// <summary>How a linear layer stores its weight.</summary>
-public enum LinearLayout
-{
-    /// <summary>[in, out], y = x W + b (GPT-2's Conv1D, and TransformerLens).</summary>
-    InOut,
-    /// <summary>[out, in], y = x Wᵀ + b (torch.nn.Linear).</summary>
-    OutIn,
-}
-
 /// <summary>A linear layer's HF tensors.</summary>
-public sealed record LinearSpec(string Weight, string? Bias, LinearLayout Layout);
+public sealed record LinearSpec(string Weight, string? Bias, LinearWeightLayout Layout);
 
 /// <summary>A layer norm's HF tensors.</summary>
 public sealed record NormSpec(string Weight, string? Bias);

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using SharpLens.Conversions;
+using SharpLens.Tensors;
 
 namespace SharpLens.Adapters;
 
@@ -76,13 +77,13 @@ public sealed class Gpt2Adapter : ArchitectureAdapter
             return new BlockSpec(
                 new NormSpec($"{b}.ln_1.weight", $"{b}.ln_1.bias"),
                 new AttentionSpec(
-                    new LinearSpec($"{b}.attn.c_attn.weight", $"{b}.attn.c_attn.bias", LinearLayout.InOut),
+                    new LinearSpec($"{b}.attn.c_attn.weight", $"{b}.attn.c_attn.bias", LinearWeightLayout.InOut),
                     QkvLayout.Gpt2Conv1D,
-                    new LinearSpec($"{b}.attn.c_proj.weight", $"{b}.attn.c_proj.bias", LinearLayout.InOut)),
+                    new LinearSpec($"{b}.attn.c_proj.weight", $"{b}.attn.c_proj.bias", LinearWeightLayout.InOut)),
                 new NormSpec($"{b}.ln_2.weight", $"{b}.ln_2.bias"),
                 new MlpSpec(
-                    new LinearSpec($"{b}.mlp.c_fc.weight", $"{b}.mlp.c_fc.bias", LinearLayout.InOut),
-                    new LinearSpec($"{b}.mlp.c_proj.weight", $"{b}.mlp.c_proj.bias", LinearLayout.InOut)));
+                    new LinearSpec($"{b}.mlp.c_fc.weight", $"{b}.mlp.c_fc.bias", LinearWeightLayout.InOut),
+                    new LinearSpec($"{b}.mlp.c_proj.weight", $"{b}.mlp.c_proj.bias", LinearWeightLayout.InOut)));
         }).ToList();
         return new ModelSpec("transformer.wte.weight", "transformer.wpe.weight", blocks,
             new NormSpec("transformer.ln_f.weight", "transformer.ln_f.bias"),

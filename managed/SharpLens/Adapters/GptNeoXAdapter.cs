@@ -1,5 +1,6 @@
 using System.Text.Json;
 using SharpLens.Conversions;
+using SharpLens.Tensors;
 
 namespace SharpLens.Adapters;
 
@@ -86,13 +87,13 @@ public sealed class GptNeoXAdapter : ArchitectureAdapter
             return new BlockSpec(
                 new NormSpec($"{l}.input_layernorm.weight", $"{l}.input_layernorm.bias"),
                 new AttentionSpec(
-                    new LinearSpec($"{l}.attention.query_key_value.weight", $"{l}.attention.query_key_value.bias", LinearLayout.OutIn),
+                    new LinearSpec($"{l}.attention.query_key_value.weight", $"{l}.attention.query_key_value.bias", LinearWeightLayout.OutIn),
                     QkvLayout.NeoXInterleaved,
-                    new LinearSpec($"{l}.attention.dense.weight", $"{l}.attention.dense.bias", LinearLayout.OutIn)),
+                    new LinearSpec($"{l}.attention.dense.weight", $"{l}.attention.dense.bias", LinearWeightLayout.OutIn)),
                 new NormSpec($"{l}.post_attention_layernorm.weight", $"{l}.post_attention_layernorm.bias"),
                 new MlpSpec(
-                    new LinearSpec($"{l}.mlp.dense_h_to_4h.weight", $"{l}.mlp.dense_h_to_4h.bias", LinearLayout.OutIn),
-                    new LinearSpec($"{l}.mlp.dense_4h_to_h.weight", $"{l}.mlp.dense_4h_to_h.bias", LinearLayout.OutIn)));
+                    new LinearSpec($"{l}.mlp.dense_h_to_4h.weight", $"{l}.mlp.dense_h_to_4h.bias", LinearWeightLayout.OutIn),
+                    new LinearSpec($"{l}.mlp.dense_4h_to_h.weight", $"{l}.mlp.dense_4h_to_h.bias", LinearWeightLayout.OutIn)));
         }).ToList();
         return new ModelSpec("gpt_neox.embed_in.weight", null, blocks,
             new NormSpec("gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias"),

@@ -1,4 +1,5 @@
 using SharpLens.Adapters;
+using SharpLens.Tensors;
 
 namespace SharpLens;
 
@@ -65,9 +66,9 @@ public sealed partial class TransformerBridge
             resid = RunBlock(i, resid, positions, attentionMask);
 
         var normed = LayerNorm(resid, _spec.LnFinal, _lnFinalScale, _lnFinalNormalized);
-        var logits = normed.Matmul(P(_spec.Unembed).Transpose(0, 1));
-        if (_spec.UnembedBias is { } ub) logits = logits + P(ub);
-        return logits;
+        // The unembedding takes the linear op whose backward skips zero gradient rows: a loss on the last
+        // position leaves all but batch rows of the [batch * pos, vocab] logit gradient zero.
+        return Functional.Linear(normed, P(_spec.Unembed), _spec.UnembedBias is { } ub ? P(ub) : null, LinearWeightLayout.OutIn);
     }
 
     /// <summary>
@@ -83,12 +84,8 @@ public sealed partial class TransformerBridge
         return normalizedHook.Fire(y);
     }
 
-    private Tensor Linear(Tensor x, LinearSpec spec)
-    {
-        var w = P(spec.Weight);
-        var y = x.Matmul(spec.Layout == LinearLayout.InOut ? w : w.Transpose(0, 1));
-        return spec.Bias is null ? y : y + P(spec.Bias);
-    }
+    private Tensor Linear(Tensor x, LinearSpec spec) =>
+        Functional.Linear(x, P(spec.Weight), spec.Bias is null ? null : P(spec.Bias), spec.Layout);
 
     private Tensor Activation(Tensor x) => Config.ActFn switch
     {
@@ -248,7 +245,7 @@ public sealed partial class TransformerBridge
     private Tensor OutputWeightPerHead(LinearSpec spec)
     {
         var w = P(spec.Weight);
-        var inOut = spec.Layout == LinearLayout.InOut ? w : w.Transpose(0, 1);  // [head * d_head, d_model]
+        var inOut = spec.Layout == LinearWeightLayout.InOut ? w : w.Transpose(0, 1);  // [head * d_head, d_model]
         return inOut.View(Config.NHeads, Config.DHead, Config.DModel);
     }
 }

@@ -87,7 +87,7 @@ std::vector<at::Tensor> tensor_list(const sl_tensor* handles, int32_t count, con
     sl::set_error(SL_ERR_MANAGED_CALLBACK, e.what(), e.id());                        \
     return SL_ERR_MANAGED_CALLBACK;                                                  \
   }                                                                                  \
-  catch (const sl::ArgumentError& e) {                                               \
+  catch (const std::invalid_argument& e) { /* sl::ArgumentError and the kernels' */ \
     sl::set_error(SL_ERR_ARGUMENT, e.what());                                        \
     return SL_ERR_ARGUMENT;                                                          \
   }                                                                                  \

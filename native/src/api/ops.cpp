@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "kernels/linear.h"
 
 using sl::get;
 using sl::new_handle;
@@ -335,6 +336,13 @@ sl_status sl_tensor_layer_norm(sl_tensor t, const int64_t* normalized_shape, int
   SL_TRY
   SL_OUT(out) = new_handle(at::layer_norm(get(t), sl::dims_of(normalized_shape, ndim, "normalized_shape"),
                                           sl::get_optional(weight), sl::get_optional(bias), eps));
+  SL_CATCH
+}
+
+sl_status sl_tensor_linear(sl_tensor x, sl_tensor weight, sl_tensor bias, int32_t layout, sl_tensor* out) {
+  SL_TRY
+  auto b = sl::get_optional(bias);
+  SL_OUT(out) = new_handle(sl::kernels::linear(get(x, "x"), get(weight, "weight"), b ? *b : at::Tensor(), layout));
   SL_CATCH
 }
 
