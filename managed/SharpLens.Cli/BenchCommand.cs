@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using SharpLens.Benchmarks;
 using SharpLens.Loading;
 
@@ -19,22 +20,43 @@ internal static class BenchCommand
         var seq = new Option<int>("--seq") { Description = "Tokens per sequence", DefaultValueFactory = _ => 128 };
         var reps = new Option<int>("--reps") { Description = "Timed repetitions of each pass (the median is reported)", DefaultValueFactory = _ => 3 };
         var json = new Option<string?>("--json") { Description = "Also write the timings as JSON", HelpName = "OUT.json" };
+        var profile = new Option<string?>("--profile")
+        {
+            Description = "Also run each pass once under libtorch's operator profiler and write DIR/<pass>.tsv (op, calls, self_ms, total_ms)",
+            HelpName = "DIR",
+        };
         var command = new Command("bench",
             "Time forward, RunWithCache of every hook point, forward+backward, and forward+backward with a backward hook on " +
             "every hook point, on a random model of GPT-2 small's (or Pythia-160m's) shape. Prints a table; --json writes " +
-            "forward_s, run_with_cache_s, fwd_bwd_s, fwd_bwd_all_bwd_hooks_s, tokens, threads.")
+            "forward_s, run_with_cache_s, fwd_bwd_s, fwd_bwd_all_bwd_hooks_s, tokens, threads; --profile writes where each " +
+            "pass spends its time, per operator.")
         {
-            arch, batch, seq, reps, json,
+            arch, batch, seq, reps, json, profile,
         };
         command.SetAction(parse => context.Execute(() => Run(context, parse.GetValue(arch)!, parse.GetValue(batch),
-            parse.GetValue(seq), parse.GetValue(reps), parse.GetValue(json))));
+            parse.GetValue(seq), parse.GetValue(reps), parse.GetValue(json), parse.GetValue(profile))));
         return command;
     }
 
-    private static int Run(CliContext context, string arch, int batch, int seq, int reps, string? jsonPath)
+    private static int Run(CliContext context, string arch, int batch, int seq, int reps, string? jsonPath, string? profileDir)
     {
         if (batch < 1 || seq < 2 || reps < 1) throw new CliException("--batch and --reps must be at least 1, --seq at least 2");
         var jsonFull = jsonPath is null ? null : CliSupport.CheckOutPath(jsonPath);
+        Action<string, IReadOnlyList<ProfiledOp>>? writeProfile = null;
+        if (profileDir is not null)
+        {
+            var profileFull = Path.GetFullPath(profileDir);
+            if (File.Exists(profileFull)) throw new CliException($"--profile {profileDir} is a file; give a directory");
+            Directory.CreateDirectory(profileFull);
+            writeProfile = (pass, ops) =>
+            {
+                var file = Path.Combine(profileFull, pass + ".tsv");
+                File.WriteAllLines(file, ops.Select(o => string.Create(CultureInfo.InvariantCulture,
+                    $"{o.Op}\t{o.Calls}\t{o.SelfMs:F3}\t{o.TotalMs:F3}")).Prepend("op\tcalls\tself_ms\ttotal_ms"));
+                context.Out.WriteLine($"  profile of {pass}: {file}; most self time: " +
+                    string.Join(", ", ops.Take(4).Select(o => string.Create(CultureInfo.InvariantCulture, $"{o.Op} {o.SelfMs:F0} ms"))));
+            };
+        }
         var dir = Directory.CreateTempSubdirectory("sharplens-bench").FullName;
         try
         {
@@ -45,7 +67,7 @@ internal static class BenchCommand
             if (seq > bridge.Config.NCtx) throw new CliException($"--seq {seq} exceeds the model's context of {bridge.Config.NCtx}");
             using var generator = new Generator(1);
             var tokens = Torch.RandInt(0, bridge.Config.DVocab, [batch, seq], generator);
-            var t = PassBenchmark.Run(bridge, tokens, reps, line => context.Out.WriteLine("  " + line));
+            var t = PassBenchmark.Run(bridge, tokens, reps, line => context.Out.WriteLine("  " + line), writeProfile);
             context.Out.WriteLine();
             context.Out.WriteLine($"{arch}, {batch} x {seq} = {t.Tokens} tokens, {t.Threads} threads, median of {t.Reps}");
             context.Out.WriteLine($"{"pass",-40} {"seconds",10} {"vs forward",11}");

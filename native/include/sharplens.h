@@ -74,6 +74,12 @@ SL_API sl_status sl_cuda_is_available(int32_t* out);
 SL_API sl_status sl_grad_mode_set(int32_t enabled, int32_t* previous);
 SL_API sl_status sl_grad_mode_is_enabled(int32_t* out);
 
+/* Starts libtorch's CPU operator profiler on the calling thread (an error if it is already running). */
+SL_API sl_status sl_profiler_start(void);
+/* Stops it and writes one tab-separated line per operator or autograd node (op, calls, self_ms, total_ms), by
+ * self time descending, to path; a NULL path discards the summary. An error if it is not running. */
+SL_API sl_status sl_profiler_stop(const char* path);
+
 /* ---------------------------------------------------------------- generators */
 SL_API sl_status sl_generator_new(uint64_t seed, sl_generator* out);
 SL_API sl_status sl_generator_free(sl_generator g);

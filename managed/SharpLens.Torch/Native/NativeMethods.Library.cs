@@ -24,4 +24,6 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)] internal static partial int sl_grad_mode_is_enabled(out int value);
     [LibraryImport(Library)] internal static partial int sl_generator_new(ulong seed, out nint generator);
     [LibraryImport(Library)] internal static partial int sl_generator_free(nint generator);
+    [LibraryImport(Library)] internal static partial int sl_profiler_start();
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)] internal static partial int sl_profiler_stop(string? path);
 }

@@ -29,17 +29,21 @@ public sealed record PassTimings(
 /// </summary>
 public static class PassBenchmark
 {
-    /// <summary>Runs the four passes on <paramref name="tokens"/> ([batch, pos] int64).</summary>
-    public static PassTimings Run(TransformerBridge bridge, Tensor tokens, int reps, Action<string>? progress = null)
+    /// <summary>
+    /// Runs the passes on <paramref name="tokens"/> ([batch, pos] int64). With <paramref name="profile"/>, each pass
+    /// then runs once more, untimed, under libtorch's operator profiler, and its per-operator totals go there.
+    /// </summary>
+    public static PassTimings Run(TransformerBridge bridge, Tensor tokens, int reps, Action<string>? progress = null,
+        Action<string, IReadOnlyList<ProfiledOp>>? profile = null)
     {
         if (reps < 1) throw new ArgumentOutOfRangeException(nameof(reps), reps, "reps must be at least 1");
         var hookCount = 0;
-        var forward = Median(reps, progress, "forward", () =>
+        var forward = Median(reps, progress, profile, "forward", () =>
         {
             using var scope = Torch.NewScope();
             bridge.Forward(tokens);
         });
-        var cache = Median(reps, progress, "run_with_cache", () =>
+        var cache = Median(reps, progress, profile, "run_with_cache", () =>
         {
             using var scope = Torch.NewScope();
             var (_, c) = bridge.RunWithCache(tokens);
@@ -48,12 +52,12 @@ public static class PassBenchmark
         });
         double noOp;
         using (bridge.AddHook(_ => true, (_, _) => null))
-            noOp = Median(reps, progress, "forward_noop_hooks", () =>
+            noOp = Median(reps, progress, profile, "forward_noop_hooks", () =>
             {
                 using var scope = Torch.NewScope();
                 bridge.Forward(tokens);
             });
-        var fwdBwd = Median(reps, progress, "fwd_bwd", () =>
+        var fwdBwd = Median(reps, progress, profile, "fwd_bwd", () =>
         {
             using var scope = Torch.NewScope();
             bridge.Forward(tokens).Select(1, -1).Sum().Backward();
@@ -66,7 +70,7 @@ public static class PassBenchmark
             return null;
         });
         var backwardHookCount = 0;
-        var fwdBwdHooks = Median(reps, progress, "fwd_bwd_all_bwd_hooks", () =>
+        var fwdBwdHooks = Median(reps, progress, profile, "fwd_bwd_all_bwd_hooks", () =>
         {
             using var scope = Torch.NewScope();
             bridge.Forward(tokens).Select(1, -1).Sum().Backward();
@@ -83,7 +87,8 @@ public static class PassBenchmark
         foreach (var p in bridge.Parameters()) p.Grad = null;
     }
 
-    private static double Median(int reps, Action<string>? progress, string name, Action pass)
+    private static double Median(int reps, Action<string>? progress, Action<string, IReadOnlyList<ProfiledOp>>? profile,
+        string name, Action pass)
     {
         pass();  // warm-up: allocator pools, OpenMP threads, first-call dispatch
         var times = new double[reps];
@@ -93,6 +98,12 @@ public static class PassBenchmark
             pass();
             times[i] = sw.Elapsed.TotalSeconds;
             progress?.Invoke($"{name} {i + 1}/{reps}: {times[i]:F3} s");
+        }
+        if (profile is not null)
+        {
+            using var session = Profiler.Start();
+            pass();
+            profile(name, session.Stop());
         }
         Array.Sort(times);
         return reps % 2 == 1 ? times[reps / 2] : (times[reps / 2 - 1] + times[reps / 2]) / 2;
