@@ -138,6 +138,26 @@ public class RotaryKernelTests
         Assert.That(MaxDiff(gGot, gExpected), Is.LessThan(1e-10));
     }
 
+    [TestCase(false)]
+    [TestCase(true)]
+    public void BatchRowsWithTheSamePositionsShareTheTableAndOthersDoNot(bool lastRowDiffers)
+    {
+        // Unpadded batches (every row 0..p-1) take a table row per position; one differing entry must not.
+        using var scope = Torch.NewScope();
+        using var g = new Generator(18);
+        const long b = 3, p = 21, h = 2, d = 12;
+        var (source, x) = MakeInput(g, Layout.Gpt2Split, b, p, h, d);
+        var pos = new long[b * p];
+        for (var i = 0; i < b * p; i++) pos[i] = 5 + i % p;
+        if (lastRowDiffers) pos[b * p - 4] = 900;
+        var gy = Torch.Randn([b, p, h, d], g, ScalarType.Float64);
+        var got = TransformerOps.Rotary(x, PositionsTensor(pos, b, p), 8, Base);
+        var expected = Reference(x, pos, 8);
+        Assert.That(MaxDiff(got, expected), Is.LessThan(1e-10));
+        Assert.That(MaxDiff(Torch.Autograd.Grad([got], [source], [gy])[0]!, Torch.Autograd.Grad([expected], [source], [gy])[0]!),
+            Is.LessThan(1e-10));
+    }
+
     [Test]
     public void KernelAndLibtorchCompositionAgreeInFloat64()
     {
