@@ -22,6 +22,17 @@ public enum AttentionImplementation
     Composed = 2,
 }
 
+/// <summary>Which rotary implementation <see cref="TransformerOps.Rotary(Tensor, Tensor, long, double, RotaryImplementation)"/> runs.</summary>
+public enum RotaryImplementation
+{
+    /// <summary>The kernel where it applies (float32/float64 on CPU), the composition otherwise.</summary>
+    Auto = 0,
+    /// <summary>The CPU kernel: one pass over x read through its strides, backward from a saved cos/sin table; fails where it does not apply.</summary>
+    Fused = 1,
+    /// <summary>The plain libtorch composition: narrow, rotate_half, multiply by cos and sin tables, add, concatenate.</summary>
+    Composed = 2,
+}
+
 /// <summary>
 /// Transformer building blocks that run as one native call each: QKV splitting, the attention core
 /// (in one call, or in three stages when hooks need the scores or the pattern) and rotary embeddings.
@@ -100,9 +111,29 @@ public static class TransformerOps
     public static Tensor LayerNormApplyScale(Tensor centred, Tensor scale, Tensor? weight, Tensor? bias) =>
         Tensor.Wrap(NativeMethods.sl_layer_norm_apply_scale(centred.Handle, scale.Handle, Tensor.HandleOrNull(weight), Tensor.HandleOrNull(bias), out var r), r);
 
-    /// <summary>GPT-NeoX rotary embedding on the first <paramref name="rotaryDim"/> features of x [batch, pos, head, d_head] at int64 positions [batch, pos].</summary>
+    /// <summary>
+    /// GPT-NeoX rotary embedding (rotate-half form) on the first <paramref name="rotaryDim"/> features of x
+    /// [batch, pos, head, d_head] (any strides, e.g. a view into a fused QKV output) at int64 positions [batch, pos];
+    /// the other features pass through. Angles pos × base^(−2i / rotaryDim) and their cos and sin are computed in
+    /// float64 and cast to x's dtype. Returns a contiguous tensor; differentiable w.r.t. x. float32/float64 on CPU
+    /// take the one-pass kernel, other dtypes and devices the libtorch composition.
+    /// </summary>
     public static Tensor Rotary(Tensor x, Tensor positions, long rotaryDim, double rotaryBase) =>
         Tensor.Wrap(NativeMethods.sl_rotary(x.Handle, positions.Handle, rotaryDim, rotaryBase, out var r), r);
+
+    /// <summary>As <see cref="Rotary(Tensor, Tensor, long, double)"/>, with a chosen implementation (for tests and benchmarks).</summary>
+    public static Tensor Rotary(Tensor x, Tensor positions, long rotaryDim, double rotaryBase, RotaryImplementation implementation) =>
+        Tensor.Wrap(NativeMethods.sl_rotary_with((int)implementation, x.Handle, positions.Handle, rotaryDim, rotaryBase, out var r), r);
+
+    /// <summary>
+    /// <see cref="Rotary(Tensor, Tensor, long, double)"/> on q [batch, pos, q_head, d_head] and k [batch, pos, k_head, d_head]
+    /// at the same positions in one native call that computes the cos/sin table once for both.
+    /// </summary>
+    public static (Tensor Q, Tensor K) RotaryQk(Tensor q, Tensor k, Tensor positions, long rotaryDim, double rotaryBase)
+    {
+        NativeStatus.Check(NativeMethods.sl_rotary_qk(q.Handle, k.Handle, positions.Handle, rotaryDim, rotaryBase, out var qOut, out var kOut));
+        return (new Tensor(qOut), new Tensor(kOut));
+    }
 
     /// <summary>
     /// x with the entries at the selected <paramref name="heads"/> (indices along <paramref name="headDim"/>) and

@@ -325,9 +325,20 @@ enum { SL_ATTENTION_AUTO = 0, SL_ATTENTION_FUSED = 1, SL_ATTENTION_COMPOSED = 2 
 /* sl_attention with a chosen implementation (for tests and benchmarks); FUSED fails where it does not apply. */
 SL_API sl_status sl_attention_with(int32_t implementation, sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask,
                                    double scale, sl_tensor* z);
-/* GPT-NeoX rotary embedding (rotate-half form) on the first rotary_dim features of x [b, p, h, d], at
- * the int64 positions [b, p]. */
+/* GPT-NeoX rotary embedding (rotate-half form) on the first rotary_dim features of x [b, p, h, d] (any strides),
+ * at the int64 positions [b, p]; the other features pass through. Angles positions * base^(-2i / rotary_dim) and
+ * their cos/sin are float64, cast to x's dtype. Returns a contiguous [b, p, h, d]. float32/float64 CPU tensors
+ * take the kernel (one pass over x; the backward is the opposite rotation, from a saved cos/sin table), other
+ * dtypes and devices the libtorch composition. */
 SL_API sl_status sl_rotary(sl_tensor x, sl_tensor positions, int64_t rotary_dim, double base, sl_tensor* out);
+enum { SL_ROTARY_AUTO = 0, SL_ROTARY_FUSED = 1, SL_ROTARY_COMPOSED = 2 };
+/* sl_rotary with a chosen implementation (for tests and benchmarks); FUSED fails where the kernel does not apply. */
+SL_API sl_status sl_rotary_with(int32_t implementation, sl_tensor x, sl_tensor positions, int64_t rotary_dim,
+                                double base, sl_tensor* out);
+/* sl_rotary on q [b, p, h_q, d_q] and k [b, p, h_k, d_k] in one call sharing one cos/sin table (both need
+ * rotary_dim <= their d_head). */
+SL_API sl_status sl_rotary_qk(sl_tensor q, sl_tensor k, sl_tensor positions, int64_t rotary_dim, double base,
+                              sl_tensor* q_out, sl_tensor* k_out);
 
 /* LayerNorm in two steps with the scale exposed (TransformerLens's hook_scale sits between them).
  * x [..., d] -> centred = x - mean(x) and scale = sqrt(mean(centred^2) + eps) [..., 1]. */

@@ -1,17 +1,20 @@
 // Transformer operations: QKV splitting from fused HF layouts, the attention core in stages (scores,
-// pattern, apply) or in one call, and rotary embeddings. Each export is one native call built from
-// ATen ops, so libtorch's autograd differentiates it and gradients of the q/k/v projections flow into
-// the one fused weight. (Fused CPU/CUDA kernels replace the bodies without changing the ABI.)
+// pattern, apply) or in one call, and rotary embeddings. Each export is one native call, built from
+// ATen ops (which libtorch's autograd differentiates) or from the CPU kernels in kernels/ (autograd ops
+// with their own backward) where those apply; gradients of the q/k/v projections flow into the one
+// fused weight either way.
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "common.h"
 #include "kernels/attention.h"
 #include "kernels/attention_materialised.h"
 #include "kernels/layer_norm.h"
 #include "kernels/qkv.h"
+#include "kernels/rotary.h"
 
 using sl::get;
 using sl::new_handle;
@@ -166,14 +169,21 @@ at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
 }
 
-at::Tensor rotary(const at::Tensor& x, const at::Tensor& positions, int64_t rotary_dim, double base) {
-  check_rank(x, 4, "x", "[batch, pos, head, d_head]");
+// The argument checks of every rotary path; name is the tensor's parameter name (x, or q and k for the pair).
+void check_rotary(const at::Tensor& x, const char* name, const at::Tensor& positions, int64_t rotary_dim) {
+  check_rank(x, 4, name, "[batch, pos, head, d_head]");
   if (rotary_dim <= 0 || rotary_dim > x.size(3) || rotary_dim % 2 != 0)
-    throw sl::ArgumentError("rotary_dim must be even and in (0, d_head = " + std::to_string(x.size(3)) + "], got " +
-                            std::to_string(rotary_dim));
+    throw sl::ArgumentError("rotary_dim must be even and in (0, d_head = " + std::to_string(x.size(3)) + "] of " + name +
+                            " " + c10::str(x.sizes()) + ", got " + std::to_string(rotary_dim));
   if (positions.dim() != 2 || positions.size(0) != x.size(0) || positions.size(1) != x.size(1))
     throw sl::ArgumentError("positions must be [batch, pos] = [" + std::to_string(x.size(0)) + ", " +
-                            std::to_string(x.size(1)) + "], got " + c10::str(positions.sizes()));
+                            std::to_string(x.size(1)) + "] for " + name + " " + c10::str(x.sizes()) + ", got " +
+                            c10::str(positions.sizes()));
+}
+
+// The ATen composition: the path for dtypes and devices the kernel does not take (half precision, CUDA), and the
+// baseline that SL_ROTARY_COMPOSED selects for tests and benchmarks. Callers have run check_rotary.
+at::Tensor composed_rotary(const at::Tensor& x, const at::Tensor& positions, int64_t rotary_dim, double base) {
   // Frequencies in float64 then cast, so float32 and float64 runs share the same angles up to rounding.
   auto inv_freq = at::pow(base, at::arange(0, rotary_dim, 2, x.options().dtype(at::kDouble)) / rotary_dim).reciprocal();
   auto angles = positions.to(at::kDouble).unsqueeze(-1) * inv_freq;  // [b, p, rot/2]
@@ -183,6 +193,37 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& positions, int64_t rota
   auto rotated = rot * cos + rotate_half(rot) * sin;
   if (rotary_dim == x.size(3)) return rotated;
   return at::cat({rotated, x.narrow(3, rotary_dim, x.size(3) - rotary_dim)}, 3);
+}
+
+void check_rotary_implementation(int32_t implementation) {
+  if (implementation < SL_ROTARY_AUTO || implementation > SL_ROTARY_COMPOSED)
+    throw sl::ArgumentError("unknown rotary implementation " + std::to_string(implementation));
+}
+
+// The kernel for float32/float64 CPU tensors (one pass over x, read through its strides), the composition otherwise
+// or when asked for.
+at::Tensor rotary(int32_t implementation, const at::Tensor& x, const at::Tensor& positions, int64_t rotary_dim,
+                  double base) {
+  check_rotary(x, "x", positions, rotary_dim);
+  check_rotary_implementation(implementation);
+  const bool kernel = sl::kernels::rotary_supported(x, positions);
+  if (implementation == SL_ROTARY_FUSED && !kernel)
+    throw sl::ArgumentError("the rotary kernel needs a float32 or float64 CPU tensor x and CPU positions; got x " +
+                            std::string(c10::toString(x.scalar_type())) + " on " + x.device().str() + ", positions on " +
+                            positions.device().str());
+  if (kernel && implementation != SL_ROTARY_COMPOSED) return sl::kernels::rotary(x, positions, rotary_dim, base);
+  return composed_rotary(x, positions, rotary_dim, base);
+}
+
+// q and k at the same positions: one cos/sin table for both when the kernel takes them (same dtype, CPU).
+std::pair<at::Tensor, at::Tensor> rotary_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& positions,
+                                            int64_t rotary_dim, double base) {
+  check_rotary(q, "q", positions, rotary_dim);
+  check_rotary(k, "k", positions, rotary_dim);
+  if (q.scalar_type() == k.scalar_type() && sl::kernels::rotary_supported(q, positions) &&
+      sl::kernels::rotary_supported(k, positions))
+    return sl::kernels::rotary_qk(q, k, positions, rotary_dim, base);
+  return {rotary(SL_ROTARY_AUTO, q, positions, rotary_dim, base), rotary(SL_ROTARY_AUTO, k, positions, rotary_dim, base)};
 }
 
 }  // namespace
@@ -273,8 +314,25 @@ sl_status sl_attention_with(int32_t implementation, sl_tensor q, sl_tensor k, sl
 }
 
 sl_status sl_rotary(sl_tensor x, sl_tensor positions, int64_t rotary_dim, double base, sl_tensor* out) {
+  return sl_rotary_with(SL_ROTARY_AUTO, x, positions, rotary_dim, base, out);
+}
+
+sl_status sl_rotary_with(int32_t implementation, sl_tensor x, sl_tensor positions, int64_t rotary_dim, double base,
+                         sl_tensor* out) {
   SL_TRY
-  SL_OUT(out) = new_handle(rotary(get(x, "x"), get(positions, "positions"), rotary_dim, base));
+  SL_OUT(out) = new_handle(rotary(implementation, get(x, "x"), get(positions, "positions"), rotary_dim, base));
+  SL_CATCH
+}
+
+sl_status sl_rotary_qk(sl_tensor q, sl_tensor k, sl_tensor positions, int64_t rotary_dim, double base, sl_tensor* q_out,
+                       sl_tensor* k_out) {
+  SL_TRY
+  sl::require(q_out, "q_out");
+  sl::require(k_out, "k_out");
+  auto r = rotary_qk(get(q, "q"), get(k, "k"), get(positions, "positions"), rotary_dim, base);
+  auto hq = new_handle(std::move(r.first));
+  *k_out = new_handle(std::move(r.second));
+  *q_out = hq;
   SL_CATCH
 }
 
