@@ -74,6 +74,15 @@ SL_API sl_status sl_cuda_is_available(int32_t* out);
 SL_API sl_status sl_grad_mode_set(int32_t enabled, int32_t* previous);
 SL_API sl_status sl_grad_mode_is_enabled(int32_t* out);
 
+/* The caching CPU allocator sl_init installs: freed blocks of 1 MiB and more are kept (up to limit_bytes; default
+ * 2 GiB or an eighth of RAM, SHARPLENS_CPU_CACHE_MB overrides, 0 disables) and reused, so large tensors do not
+ * fault in fresh pages on every pass. Stats: bytes parked in the cache now, and the limit. */
+SL_API sl_status sl_cpu_cache_stats(int64_t* cached_bytes, int64_t* limit_bytes);
+/* Sets the limit, freeing parked blocks beyond it. */
+SL_API sl_status sl_cpu_cache_set_limit(int64_t limit_bytes);
+/* Frees every parked block (tensors alive are untouched). */
+SL_API sl_status sl_cpu_cache_release(void);
+
 /* Starts libtorch's CPU operator profiler on the calling thread (an error if it is already running). */
 SL_API sl_status sl_profiler_start(void);
 /* Stops it and writes one tab-separated line per operator or autograd node (op, calls, self_ms, total_ms), by

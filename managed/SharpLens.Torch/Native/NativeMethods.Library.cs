@@ -24,6 +24,9 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)] internal static partial int sl_grad_mode_is_enabled(out int value);
     [LibraryImport(Library)] internal static partial int sl_generator_new(ulong seed, out nint generator);
     [LibraryImport(Library)] internal static partial int sl_generator_free(nint generator);
+    [LibraryImport(Library)] internal static partial int sl_cpu_cache_stats(out long cachedBytes, out long limitBytes);
+    [LibraryImport(Library)] internal static partial int sl_cpu_cache_set_limit(long limitBytes);
+    [LibraryImport(Library)] internal static partial int sl_cpu_cache_release();
     [LibraryImport(Library)] internal static partial int sl_profiler_start();
     [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)] internal static partial int sl_profiler_stop(string? path);
 }

@@ -15,6 +15,9 @@
 
 namespace sl {
 
+// Installs the caching CPU allocator (cpu_cache.cpp) as libtorch's CPU allocator; idempotent.
+void install_cpu_cache();
+
 // Thrown by code that runs a managed callback which reported failure; carries the managed side's
 // exception id so the caller of the export can rethrow the original managed exception.
 class ManagedCallbackError : public std::runtime_error {

@@ -78,6 +78,7 @@ int64_t sl_last_managed_exception(void) { return sl::t_managed_id; }
 sl_status sl_init(sl_release_fn release, int32_t num_threads) {
   SL_TRY
   sl::g_release = release;
+  sl::install_cpu_cache();
   if (num_threads > 0) at::set_num_threads(num_threads);
   SL_CATCH
 }
