@@ -258,12 +258,8 @@ sl_status sl_qkv_project(int32_t layout, sl_tensor xq, sl_tensor xk, sl_tensor x
   for (const auto* t : {&a, &b, &c}) check_rank(*t, 3, "x", "[batch, pos, d_model]");
   check_rank(w, 2, "qkv weight", "[rows, cols]");
   if (n_heads <= 0) throw sl::ArgumentError("n_heads must be positive");
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> r;
-  try {
-    r = sl::kernels::qkv_project(layout, a, b, c, w, bb.value_or(at::Tensor()), n_heads);
-  } catch (const std::invalid_argument& e) {
-    throw sl::ArgumentError(e.what());  // shape errors of the inputs, named by the kernel
-  }
+  // The kernel's shape errors (std::invalid_argument) reach the caller as argument errors through SL_CATCH.
+  const auto r = sl::kernels::qkv_project(layout, a, b, c, w, bb.value_or(at::Tensor()), n_heads);
   auto hq = new_handle(std::get<0>(r));
   auto hk = new_handle(std::get<1>(r));
   *q = hq;
