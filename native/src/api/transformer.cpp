@@ -169,20 +169,8 @@ at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
 }
 
-// The argument checks of every rotary path; name is the tensor's parameter name (x, or q and k for the pair).
-void check_rotary(const at::Tensor& x, const char* name, const at::Tensor& positions, int64_t rotary_dim) {
-  check_rank(x, 4, name, "[batch, pos, head, d_head]");
-  if (rotary_dim <= 0 || rotary_dim > x.size(3) || rotary_dim % 2 != 0)
-    throw sl::ArgumentError("rotary_dim must be even and in (0, d_head = " + std::to_string(x.size(3)) + "] of " + name +
-                            " " + c10::str(x.sizes()) + ", got " + std::to_string(rotary_dim));
-  if (positions.dim() != 2 || positions.size(0) != x.size(0) || positions.size(1) != x.size(1))
-    throw sl::ArgumentError("positions must be [batch, pos] = [" + std::to_string(x.size(0)) + ", " +
-                            std::to_string(x.size(1)) + "] for " + name + " " + c10::str(x.sizes()) + ", got " +
-                            c10::str(positions.sizes()));
-}
-
 // The ATen composition: the path for dtypes and devices the kernel does not take (half precision, CUDA), and the
-// baseline that SL_ROTARY_COMPOSED selects for tests and benchmarks. Callers have run check_rotary.
+// baseline that SL_ROTARY_COMPOSED selects for tests and benchmarks. Callers have run sl::kernels::check_rotary_args.
 at::Tensor composed_rotary(const at::Tensor& x, const at::Tensor& positions, int64_t rotary_dim, double base) {
   // Frequencies in float64 then cast, so float32 and float64 runs share the same angles up to rounding.
   auto inv_freq = at::pow(base, at::arange(0, rotary_dim, 2, x.options().dtype(at::kDouble)) / rotary_dim).reciprocal();
@@ -204,7 +192,7 @@ void check_rotary_implementation(int32_t implementation) {
 // or when asked for.
 at::Tensor rotary(int32_t implementation, const at::Tensor& x, const at::Tensor& positions, int64_t rotary_dim,
                   double base) {
-  check_rotary(x, "x", positions, rotary_dim);
+  sl::kernels::check_rotary_args(x, "x", positions, rotary_dim);
   check_rotary_implementation(implementation);
   const bool kernel = sl::kernels::rotary_supported(x, positions);
   if (implementation == SL_ROTARY_FUSED && !kernel)
@@ -218,8 +206,8 @@ at::Tensor rotary(int32_t implementation, const at::Tensor& x, const at::Tensor&
 // q and k at the same positions: one cos/sin table for both when the kernel takes them (same dtype, CPU).
 std::pair<at::Tensor, at::Tensor> rotary_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& positions,
                                             int64_t rotary_dim, double base) {
-  check_rotary(q, "q", positions, rotary_dim);
-  check_rotary(k, "k", positions, rotary_dim);
+  sl::kernels::check_rotary_args(q, "q", positions, rotary_dim);
+  sl::kernels::check_rotary_args(k, "k", positions, rotary_dim);
   if (q.scalar_type() == k.scalar_type() && sl::kernels::rotary_supported(q, positions) &&
       sl::kernels::rotary_supported(k, positions))
     return sl::kernels::rotary_qk(q, k, positions, rotary_dim, base);

@@ -22,6 +22,11 @@ namespace sl::kernels {
 // CPU tensor of a real or integer dtype. Otherwise the caller uses the ATen composition.
 bool rotary_supported(const at::Tensor& x, const at::Tensor& positions);
 
+// The argument checks every rotary path shares, the composition included: x [b, p, h, d], rotary_dim even and in
+// (0, d], positions [b, p]. name is the tensor's parameter name in messages (x, q or k). Throws
+// std::invalid_argument naming the tensor and its shape.
+void check_rotary_args(const at::Tensor& x, const char* name, const at::Tensor& positions, int64_t rotary_dim);
+
 // x [b, p, h, d] (any strides), positions [b, p] -> rotated x [b, p, h, d], contiguous; differentiable w.r.t. x
 // (positions get no gradient), also twice (the backward is the same op with the angles negated). Inputs the kernel
 // does not handle (see rotary_supported) are an error here: the caller falls back. Throws std::invalid_argument

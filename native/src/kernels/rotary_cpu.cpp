@@ -29,19 +29,6 @@ constexpr int64_t kRowGrain = 16;
 // Rows of the table: rotary_dim / 2 sin/cos pairs each, a few hundred nanoseconds per row.
 constexpr int64_t kTableGrain = 64;
 
-void check_args(const at::Tensor& x, const char* name, const at::Tensor& positions, int64_t rotary_dim) {
-  if (x.dim() != 4)
-    throw std::invalid_argument(std::string(name) + " must have shape [batch, pos, head, d_head], got " +
-                                c10::str(x.sizes()));
-  if (rotary_dim <= 0 || rotary_dim > x.size(3) || rotary_dim % 2 != 0)
-    throw std::invalid_argument("rotary_dim must be even and in (0, d_head = " + std::to_string(x.size(3)) + "] of " +
-                                name + " " + c10::str(x.sizes()) + ", got " + std::to_string(rotary_dim));
-  if (positions.dim() != 2 || positions.size(0) != x.size(0) || positions.size(1) != x.size(1))
-    throw std::invalid_argument("positions must be [batch, pos] = [" + std::to_string(x.size(0)) + ", " +
-                                std::to_string(x.size(1)) + "] for " + name + " " + c10::str(x.sizes()) + ", got " +
-                                c10::str(positions.sizes()));
-}
-
 void sin_cos(double theta, double* s, double* c) {
 #if defined(__GLIBC__)
   ::sincos(theta, s, c);  // one argument reduction for both
@@ -159,6 +146,19 @@ class RotaryFunction : public torch::autograd::Function<RotaryFunction> {
 
 }  // namespace
 
+void check_rotary_args(const at::Tensor& x, const char* name, const at::Tensor& positions, int64_t rotary_dim) {
+  if (x.dim() != 4)
+    throw std::invalid_argument(std::string(name) + " must have shape [batch, pos, head, d_head], got " +
+                                c10::str(x.sizes()));
+  if (rotary_dim <= 0 || rotary_dim > x.size(3) || rotary_dim % 2 != 0)
+    throw std::invalid_argument("rotary_dim must be even and in (0, d_head = " + std::to_string(x.size(3)) + "] of " +
+                                name + " " + c10::str(x.sizes()) + ", got " + std::to_string(rotary_dim));
+  if (positions.dim() != 2 || positions.size(0) != x.size(0) || positions.size(1) != x.size(1))
+    throw std::invalid_argument("positions must be [batch, pos] = [" + std::to_string(x.size(0)) + ", " +
+                                std::to_string(x.size(1)) + "] for " + name + " " + c10::str(x.sizes()) + ", got " +
+                                c10::str(positions.sizes()));
+}
+
 bool rotary_supported(const at::Tensor& x, const at::Tensor& positions) {
   return x.defined() && positions.defined() && x.dim() == 4 && x.device().is_cpu() && x.layout() == at::kStrided &&
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) && positions.device().is_cpu() &&
@@ -166,7 +166,7 @@ bool rotary_supported(const at::Tensor& x, const at::Tensor& positions) {
 }
 
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& positions, int64_t rotary_dim, double base) {
-  check_args(x, "x", positions, rotary_dim);
+  check_rotary_args(x, "x", positions, rotary_dim);
   if (!rotary_supported(x, positions))
     throw std::invalid_argument("the rotary kernel needs a float32 or float64 CPU tensor x and CPU positions, got " +
                                 std::string(c10::toString(x.scalar_type())) + " on " + x.device().str());
@@ -175,8 +175,8 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& positions, int64_t rota
 
 std::pair<at::Tensor, at::Tensor> rotary_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& positions,
                                             int64_t rotary_dim, double base) {
-  check_args(q, "q", positions, rotary_dim);
-  check_args(k, "k", positions, rotary_dim);
+  check_rotary_args(q, "q", positions, rotary_dim);
+  check_rotary_args(k, "k", positions, rotary_dim);
   if (!rotary_supported(q, positions) || !rotary_supported(k, positions) || q.scalar_type() != k.scalar_type())
     throw std::invalid_argument("the rotary kernel needs q and k as float32 or float64 CPU tensors of one dtype and "
                                 "CPU positions, got q " + std::string(c10::toString(q.scalar_type())) + " on " +
