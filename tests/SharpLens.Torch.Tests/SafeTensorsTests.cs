@@ -658,8 +658,9 @@ public class SafeTensorsTests
     }
 
     /// <summary>
-    /// ../shared/fixtures/NAME relative to the repository root: the first folder holding Engine.sln above the
-    /// test binaries, or above this source file when the binaries were built elsewhere (--artifacts-path).
+    /// tests/fixtures/NAME inside the repository: under the first folder holding Engine.sln above the test binaries,
+    /// or above this source file when the binaries were built elsewhere (--artifacts-path). Nothing outside the
+    /// repository is read, so a clone on its own passes.
     /// </summary>
     private static string FixturePath(string name, [CallerFilePath] string sourceFile = "")
     {
@@ -669,7 +670,7 @@ public class SafeTensorsTests
             for (var dir = string.IsNullOrEmpty(start) ? null : new DirectoryInfo(start); dir is not null; dir = dir.Parent)
             {
                 if (!File.Exists(Path.Combine(dir.FullName, "Engine.sln"))) continue;
-                var candidate = Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared", "fixtures", name));
+                var candidate = Path.GetFullPath(Path.Combine(dir.FullName, "tests", "fixtures", name));
                 if (File.Exists(candidate)) return candidate;
                 searched.Add(candidate);
                 break;
