@@ -1,14 +1,41 @@
+using System.Runtime.InteropServices;
 using SharpLens.Tensors.Native;
 
 namespace SharpLens.Tensors;
 
-/// <summary>How a checkpoint fuses the query, key and value projections into one weight.</summary>
+/// <summary>How one weight fuses the query, key and value projections (described generically: the order of the parts and the weight's orientation).</summary>
 public enum QkvLayout
 {
-    /// <summary>GPT-2 Conv1D <c>c_attn</c>: weight [d_model, 3 * d_model], y = x W + b, columns q | k | v.</summary>
-    Gpt2Conv1D = 0,
-    /// <summary>GPT-NeoX <c>query_key_value</c>: weight [n_heads * 3 * d_head, d_model], y = x Wᵀ + b, rows per head q_h k_h v_h.</summary>
-    NeoXInterleaved = 1,
+    /// <summary>Part-major, in-out: weight [d_model, 3 * n_heads * d_head], y = x W + b, outputs q | k | v (GPT-2's Conv1D <c>c_attn</c>).</summary>
+    PartMajorInOut = 0,
+    /// <summary>Head-major, out-in: weight [n_heads * 3 * d_head, d_model], y = x Wᵀ + b, outputs per head q_h k_h v_h (GPT-NeoX's <c>query_key_value</c>).</summary>
+    HeadMajorOutIn = 1,
+}
+
+/// <summary>
+/// The one attention contract every attention path shares (the C ABI's <c>sl_attention_options</c>): query i of p_q sits at
+/// key position i + p_k − p_q and sees key j when j ≤ i + p_k − p_q and, with a <see cref="Window"/>, j &gt; i + p_k − p_q − window.
+/// Scores are q·k × <see cref="Scale"/>, then <c>softcap · tanh(scores / softcap)</c> with a <see cref="SoftCap"/>, then masked.
+/// </summary>
+[StructLayout(LayoutKind.Sequential)]
+public readonly record struct AttentionOptions
+{
+    /// <summary>Options with the given scale, no soft-cap and no window.</summary>
+    public AttentionOptions(double scale, double softCap = 0, long window = 0)
+    {
+        Scale = scale;
+        SoftCap = softCap;
+        Window = window;
+        Reserved = 0;
+    }
+
+    /// <summary>Multiplies q·k (finite).</summary>
+    public double Scale { get; init; }
+    /// <summary>0 for none; otherwise the soft-cap of the scaled scores (Gemma 2's <c>attn_logit_softcapping</c>).</summary>
+    public double SoftCap { get; init; }
+    /// <summary>0 for plain causal attention; otherwise a sliding window of this many keys, the query's own included.</summary>
+    public long Window { get; init; }
+    private long Reserved { get; init; }
 }
 
 /// <summary>Which attention implementation <see cref="TransformerOps.Attention(Tensor, Tensor, Tensor, Tensor?, double, AttentionImplementation)"/> runs.</summary>
@@ -60,8 +87,11 @@ public static class TransformerOps
     }
 
     /// <summary>Causal scores q·k × scale as [batch, head, q_pos, k_pos], -inf where masked (future keys, keys whose <paramref name="keyMask"/> is 0).</summary>
-    public static Tensor AttentionScores(Tensor q, Tensor k, Tensor? keyMask, double scale) =>
-        Tensor.Wrap(NativeMethods.sl_attention_scores(q.Handle, k.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
+    public static Tensor AttentionScores(Tensor q, Tensor k, Tensor? keyMask, double scale) => AttentionScores(q, k, keyMask, new AttentionOptions(scale));
+
+    /// <summary>Scores as [batch, head, q_pos, k_pos] under <paramref name="options"/> (scaled, soft-capped), -inf where the visibility rule or <paramref name="keyMask"/> hides a key.</summary>
+    public static Tensor AttentionScores(Tensor q, Tensor k, Tensor? keyMask, in AttentionOptions options) =>
+        Tensor.Wrap(NativeMethods.sl_attention_scores(q.Handle, k.Handle, Tensor.HandleOrNull(keyMask), options, out var r), r);
 
     /// <summary>Softmax over keys in at least float32, cast back to the scores' dtype; fully masked rows give 0.</summary>
     public static Tensor AttentionPattern(Tensor scores) => Tensor.Wrap(NativeMethods.sl_attention_pattern(scores.Handle, out var r), r);
@@ -82,7 +112,11 @@ public static class TransformerOps
     /// when a hook needs the pattern but not the scores.
     /// </summary>
     public static Tensor AttentionCausalPattern(Tensor q, Tensor k, Tensor? keyMask, double scale) =>
-        Tensor.Wrap(NativeMethods.sl_attention_causal_pattern(q.Handle, k.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
+        AttentionCausalPattern(q, k, keyMask, new AttentionOptions(scale));
+
+    /// <summary><c>AttentionPattern(AttentionScores(q, k, keyMask, options))</c> in one call (see <see cref="AttentionCausalPattern(Tensor, Tensor, Tensor?, double)"/>).</summary>
+    public static Tensor AttentionCausalPattern(Tensor q, Tensor k, Tensor? keyMask, in AttentionOptions options) =>
+        Tensor.Wrap(NativeMethods.sl_attention_causal_pattern(q.Handle, k.Handle, Tensor.HandleOrNull(keyMask), options, out var r), r);
 
     /// <summary>
     /// Scores, pattern and weighted values in one call, when nothing needs the intermediate tensors: causal attention
@@ -90,11 +124,19 @@ public static class TransformerOps
     /// with keys whose <paramref name="keyMask"/> is 0 hidden. Returns z [batch, q_pos, head, d_head].
     /// </summary>
     public static Tensor Attention(Tensor q, Tensor k, Tensor v, Tensor? keyMask, double scale) =>
-        Tensor.Wrap(NativeMethods.sl_attention(q.Handle, k.Handle, v.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
+        Attention(q, k, v, keyMask, new AttentionOptions(scale), AttentionImplementation.Auto);
 
     /// <summary>As <see cref="Attention(Tensor, Tensor, Tensor, Tensor?, double)"/>, with a chosen implementation.</summary>
     public static Tensor Attention(Tensor q, Tensor k, Tensor v, Tensor? keyMask, double scale, AttentionImplementation implementation) =>
-        Tensor.Wrap(NativeMethods.sl_attention_with((int)implementation, q.Handle, k.Handle, v.Handle, Tensor.HandleOrNull(keyMask), scale, out var r), r);
+        Attention(q, k, v, keyMask, new AttentionOptions(scale), implementation);
+
+    /// <summary>
+    /// Attention under <paramref name="options"/> (scale, soft-cap, sliding window) in one call: the fused kernel where it applies
+    /// (float32/float64 CPU take every option; CUDA takes windows), the composition otherwise.
+    /// </summary>
+    public static Tensor Attention(Tensor q, Tensor k, Tensor v, Tensor? keyMask, in AttentionOptions options,
+        AttentionImplementation implementation = AttentionImplementation.Auto) =>
+        Tensor.Wrap(NativeMethods.sl_attention_with((int)implementation, q.Handle, k.Handle, v.Handle, Tensor.HandleOrNull(keyMask), options, out var r), r);
 
     /// <summary>
     /// LayerNorm's first step: x [..., d] gives centred = x - mean(x) and scale = sqrt(mean(centred²) + eps) [..., 1],
@@ -124,6 +166,16 @@ public static class TransformerOps
     /// <summary>As <see cref="Rotary(Tensor, Tensor, long, double)"/>, with a chosen implementation (for tests and benchmarks).</summary>
     public static Tensor Rotary(Tensor x, Tensor positions, long rotaryDim, double rotaryBase, RotaryImplementation implementation) =>
         Tensor.Wrap(NativeMethods.sl_rotary_with((int)implementation, x.Handle, positions.Handle, rotaryDim, rotaryBase, out var r), r);
+
+    /// <summary>
+    /// Rotary embedding (rotate-half form) from the caller's table: <paramref name="table"/> [rows, 2, half] holds cos then sin
+    /// of each row's angles, rows = pos (every batch row at the same positions) or batch × pos; the first 2·half features of
+    /// x [batch, pos, head, d_head] rotate. The caller owns the angles (HuggingFace's float32 recipe, rope scaling, an attention
+    /// factor folded into cos and sin); the table is cast to x's dtype and gets no gradient. float32/float64 CPU x takes the
+    /// one-pass kernel, other dtypes and devices the composition.
+    /// </summary>
+    public static Tensor Rotary(Tensor x, Tensor table, RotaryImplementation implementation = RotaryImplementation.Auto) =>
+        Tensor.Wrap(NativeMethods.sl_rotary_table((int)implementation, x.Handle, table.Handle, out var r), r);
 
     /// <summary>
     /// <see cref="Rotary(Tensor, Tensor, long, double)"/> on q [batch, pos, q_head, d_head] and k [batch, pos, k_head, d_head]

@@ -12,6 +12,7 @@
 // The backward pass is two kernels instead of one with atomics: dq per query tile (like the forward), and dk/dv
 // per key tile, looping over the query heads of its kv group. Both recompute the score tile, which costs a
 // second pass but needs no atomics, is deterministic, and works the same for half types.
+#include "../src/kernels/attention_rule.h"  // the visibility rule every attention path shares
 #include "kernels_cuda.cuh"
 
 #include <cuda_runtime.h>
@@ -103,8 +104,11 @@ struct Params {
   const uint8_t* key_valid;  // [batch, k_len] or nullptr
   accum_t<T>* lse;           // written by the forward, read by the backward
   T *result, *dk, *dv;       // out (forward) or dq (backward); dk, dv
-  int batch, heads, kv_heads, group, q_len, k_len, d, offset;
+  int batch, heads, kv_heads, group, q_len, k_len, d, offset, window;
   accum_t<T> scale;
+
+  // Query row i sees key j (kernels/attention_rule.h: causal, optional sliding window).
+  __device__ __forceinline__ bool sees(int i, int j) const { return sl::kernels::visible(i, j, offset, window); }
 
   __device__ __forceinline__ bool key_ok(int b, int j) const {
     return j < k_len && (key_valid == nullptr || key_valid[static_cast<int64_t>(b) * k_len + j] != 0);
@@ -162,8 +166,11 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(Params<T> p
     for (int c = 0; c < C; ++c) o[r][c] = 0;
   }
 
-  const int key_end = min(p.k_len, i0 + BQ + p.offset);  // no row of this block sees a key beyond
-  for (int j0 = 0; j0 < key_end; j0 += BK) {
+  // Only the key tiles some row of this block sees: none beyond the last row's key, none before the first row's
+  // window (tiles stay aligned to BK).
+  const int key_end = static_cast<int>(sl::kernels::tile_end_key(i0 + BQ, p.offset, p.k_len));
+  const int key_begin = static_cast<int>(sl::kernels::tile_first_key(i0, p.offset, p.window)) / BK * BK;
+  for (int j0 = key_begin; j0 < key_end; j0 += BK) {
     __syncthreads();  // the previous value tile is consumed
     load_tile<T, D>(kv_s, S, BK, p.k + kv_base, j0, p.k_len, p.d);
     __syncthreads();
@@ -175,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(Params<T> p
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int i = i0 + warp * R + r;
-      const A x = key_ok && j <= i + p.offset ? s[r] * p.scale : A(-INFINITY);
+      const A x = key_ok && p.sees(i, j) ? s[r] * p.scale : A(-INFINITY);
       const A tile_max = warp_max(x);
       const A m_new = m[r] > tile_max ? m[r] : tile_max;
       A prob = 0;
@@ -262,8 +269,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_kernel(Params<
     for (int c = 0; c < C; ++c) dq[r][c] = 0;
   }
 
-  const int key_end = min(p.k_len, i0 + BQ + p.offset);
-  for (int j0 = 0; j0 < key_end; j0 += BK) {
+  const int key_end = static_cast<int>(sl::kernels::tile_end_key(i0 + BQ, p.offset, p.k_len));
+  const int key_begin = static_cast<int>(sl::kernels::tile_first_key(i0, p.offset, p.window)) / BK * BK;
+  for (int j0 = key_begin; j0 < key_end; j0 += BK) {
     __syncthreads();  // the previous key and value tiles are consumed
     load_tile<T, D>(k_s, S, BK, p.k + kv_base, j0, p.k_len, p.d);
     load_tile<T, D>(v_s, S, BK, p.v + kv_base, j0, p.k_len, p.d);
@@ -277,7 +285,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dq_kernel(Params<
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int i = i0 + warp * R + r;
-      const bool visible = key_ok && j <= i + p.offset && lse[r] != A(-INFINITY);
+      const bool visible = key_ok && p.sees(i, j) && lse[r] != A(-INFINITY);
       const A prob = visible ? exp_of(s[r] * p.scale - lse[r]) : A(0);
       ds_s[(warp * R + r) * BK + lane] = prob * (dp[r] - delta[r]);
     }
@@ -375,7 +383,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_dkv_kernel(Params
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const int j = j0 + warp * R + r;
-        const bool visible = key_ok[r] && j <= i + p.offset && lse != A(-INFINITY);  // lse = -inf past q_len too
+        const bool visible = key_ok[r] && p.sees(i, j) && lse != A(-INFINITY);  // lse = -inf past q_len too
         const A prob = visible ? exp_of(s[r] * p.scale - lse) : A(0);
         p_s[(warp * R + r) * BQ + lane] = prob;
         ds_s[(warp * R + r) * BQ + lane] = prob * (dp[r] - delta);
@@ -450,6 +458,7 @@ std::string shape_error(const AttentionShape& s) {
     return bad("negative size or no heads");
   if (s.heads % s.kv_heads != 0) return bad("heads must be a multiple of kv_heads");
   if (s.k_len < s.q_len) return bad("k_len must be at least q_len (queries are the last k_len positions)");
+  if (s.window < 0) return bad("window must be >= 0 (0: none)");
   if (s.head_dim > kMaxAttentionHeadDim)
     return bad("head_dim above " + std::to_string(kMaxAttentionHeadDim) + " is not supported");
   // Block indices: x over batch * heads, y over row tiles of at least 8 rows (grid y is at most 65535).
@@ -509,6 +518,7 @@ Params<T> make_params(const AttentionShape& s, double scale) {
   p.k_len = static_cast<int>(s.k_len);
   p.d = static_cast<int>(s.head_dim);
   p.offset = static_cast<int>(s.k_len - s.q_len);
+  p.window = static_cast<int>(s.window);
   p.scale = static_cast<accum_t<T>>(scale);
   return p;
 }

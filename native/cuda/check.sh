@@ -45,7 +45,7 @@ install_toolkit() {
   log "installing nvidia-cuda-toolkit from Debian non-free (apt)"
   local list=/etc/apt/sources.list.d/sharplens-non-free.sources
   if ! grep -rqsE "non-free([^-]|$)" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
       as_root tee "$list" >/dev/null || return 1
   fi
   as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends nvidia-cuda-toolkit
@@ -58,8 +58,8 @@ if [ -z "$NVCC_BIN" ] && [ $install -eq 1 ]; then
 fi
 if [ -z "$NVCC_BIN" ]; then
   cat >&2 <<'EOF'
-nvcc not found. On Debian bookworm, enable the non-free component and install the toolkit, e.g.:
-  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+nvcc not found. On Debian bookworm, enable the contrib and non-free components and install the toolkit, e.g.:
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
     | sudo tee /etc/apt/sources.list.d/non-free.sources
   sudo apt-get update && sudo apt-get install --no-install-recommends nvidia-cuda-toolkit
 (or run native/cuda/check.sh --install, or point NVCC at an NVIDIA CUDA toolkit's bin/nvcc).

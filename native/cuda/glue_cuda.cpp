@@ -92,7 +92,7 @@ std::string attention_shape_error(const at::Tensor& qh, const at::Tensor& kh, co
 }
 
 sl::cuda::AttentionShape attention_shape(const at::Tensor& qh, const at::Tensor& kh) {
-  return sl::cuda::AttentionShape{qh.size(0), qh.size(1), kh.size(1), qh.size(2), kh.size(2), qh.size(3)};
+  return sl::cuda::AttentionShape{qh.size(0), qh.size(1), kh.size(1), qh.size(2), kh.size(2), qh.size(3), 0};
 }
 
 void check_attention_inputs(const char* op, const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh) {
@@ -115,15 +115,18 @@ const uint8_t* key_valid_ptr(const char* op, const at::Tensor& valid, const at::
 
 sl::cuda::QkvLayout kernel_layout(QkvLayout layout) {
   switch (layout) {
-    case QkvLayout::Gpt2: return sl::cuda::QkvLayout::Gpt2;
-    case QkvLayout::NeoX: return sl::cuda::QkvLayout::NeoX;
+    case QkvLayout::PartMajor: return sl::cuda::QkvLayout::PartMajor;
+    case QkvLayout::HeadMajor: return sl::cuda::QkvLayout::HeadMajor;
   }
   throw std::invalid_argument("unknown QKV layout " + std::to_string(static_cast<int>(layout)));
 }
 
 }  // namespace
 
-std::string fused_attention_unsupported_reason(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh) {
+std::string fused_attention_unsupported_reason(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh,
+                                               const AttentionOptions& options) {
+  // The CUDA kernel takes the window; soft-capped scores go to the composition until the kernel learns the cap.
+  if (options.softcap > 0) return "soft-capped attention scores are not in the CUDA kernel";
   const auto input_error = [&](const char* name, const at::Tensor& t) -> std::string {
     if (!t.defined() || !t.is_cuda() || (qh.defined() && t.device() != qh.device()))
       return describe(name, t) + ": not a CUDA tensor on qh's device";
@@ -137,13 +140,16 @@ std::string fused_attention_unsupported_reason(const at::Tensor& qh, const at::T
   std::string why;
   dispatch(qh.scalar_type(), [&](auto type) {
     using T = typename decltype(type)::type;
-    why = sl::cuda::attention_unsupported_reason<T>(attention_shape(qh, kh), qh.get_device());
+    auto shape = attention_shape(qh, kh);
+    shape.window = options.window;
+    why = sl::cuda::attention_unsupported_reason<T>(shape, qh.get_device());
   });
   return why;
 }
 
 std::pair<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& qh, const at::Tensor& kh,
-                                                          const at::Tensor& vh, const at::Tensor& valid, double scale) {
+                                                          const at::Tensor& vh, const at::Tensor& valid,
+                                                          const AttentionOptions& options) {
   constexpr const char* op = "fused_attention_forward";
   check_attention_inputs(op, qh, kh, vh);
   const uint8_t* valid_ptr = key_valid_ptr(op, valid, qh, kh);
@@ -153,7 +159,9 @@ std::pair<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& qh, 
   auto lse = at::empty({qh.size(0), qh.size(1), qh.size(2)}, qh.options().dtype(accum_dtype(qh.scalar_type())));
   dispatch(qh.scalar_type(), [&](auto type) {
     using T = typename decltype(type)::type;
-    sl::cuda::attention_forward<T>(attention_shape(qh, kh), ptr<T>(qh), ptr<T>(kh), ptr<T>(vh), valid_ptr, scale,
+    auto shape = attention_shape(qh, kh);
+    shape.window = options.window;
+    sl::cuda::attention_forward<T>(shape, ptr<T>(qh), ptr<T>(kh), ptr<T>(vh), valid_ptr, options.scale,
                                    mut_ptr<T>(out), mut_ptr<sl::cuda::accum_t<T>>(lse), stream);
   });
   return {out, lse};
@@ -162,7 +170,8 @@ std::pair<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& qh, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_attention_backward(const at::Tensor& qh, const at::Tensor& kh,
                                                                         const at::Tensor& vh, const at::Tensor& valid,
                                                                         const at::Tensor& out, const at::Tensor& lse,
-                                                                        const at::Tensor& dout, double scale) {
+                                                                        const at::Tensor& dout,
+                                                                        const AttentionOptions& options) {
   constexpr const char* op = "fused_attention_backward";
   check_attention_inputs(op, qh, kh, vh);
   const uint8_t* valid_ptr = key_valid_ptr(op, valid, qh, kh);
@@ -181,8 +190,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_attention_backward(const at
   auto dv = at::empty(vh.sizes(), vh.options());
   dispatch(qh.scalar_type(), [&](auto type) {
     using T = typename decltype(type)::type;
-    sl::cuda::attention_backward<T>(attention_shape(qh, kh), ptr<T>(qh), ptr<T>(kh), ptr<T>(vh), valid_ptr,
-                                    ptr<T>(out), ptr<sl::cuda::accum_t<T>>(lse), ptr<T>(dout), scale, mut_ptr<T>(dq),
+    auto shape = attention_shape(qh, kh);
+    shape.window = options.window;
+    sl::cuda::attention_backward<T>(shape, ptr<T>(qh), ptr<T>(kh), ptr<T>(vh), valid_ptr,
+                                    ptr<T>(out), ptr<sl::cuda::accum_t<T>>(lse), ptr<T>(dout), options.scale, mut_ptr<T>(dq),
                                     mut_ptr<T>(dk), mut_ptr<T>(dv), stream);
   });
   return {dq, dk, dv};

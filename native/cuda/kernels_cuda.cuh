@@ -43,6 +43,7 @@ using accum_t = typename Accum<T>::type;
 // the valid keys j <= i + k_len - q_len.
 struct AttentionShape {
   int64_t batch = 0, heads = 0, kv_heads = 0, q_len = 0, k_len = 0, head_dim = 0;
+  int64_t window = 0;  // > 0: sliding window (native/src/kernels/attention_rule.h); 0: plain causal
 };
 
 // The largest head_dim the attention kernels take.
@@ -70,8 +71,8 @@ void attention_backward(const AttentionShape& shape, const T* q, const T* k, con
 // Fused QKV projection outputs, qkv [batch * pos, 3 * heads * head_dim] row-major, by the column order
 // of the HF checkpoint that produced them:
 enum class QkvLayout {
-  Gpt2,  // Conv1D c_attn: column = which * heads * head_dim + head * head_dim + x   (which: 0 q, 1 k, 2 v)
-  NeoX,  // query_key_value, interleaved per head: column = head * 3 * head_dim + which * head_dim + x
+  PartMajor,  // column = which * heads * head_dim + head * head_dim + x   (which: 0 q, 1 k, 2 v; e.g. GPT-2 c_attn)
+  HeadMajor,  // interleaved per head: column = head * 3 * head_dim + which * head_dim + x (e.g. GPT-NeoX)
 };
 
 struct QkvShape {

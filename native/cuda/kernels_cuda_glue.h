@@ -10,6 +10,8 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/attention_rule.h"
+
 #include <string>
 #include <tuple>
 #include <utility>
@@ -19,29 +21,34 @@ namespace sl::kernels::cuda {
 // Empty when the fused attention kernels (forward and backward) can run on these tensors; otherwise why not:
 // not CUDA, unsupported dtype, bad shape, or a tile that needs more shared memory than the device has
 // (float64 with head_dim > 128 needs an H100-class device).
-std::string fused_attention_unsupported_reason(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh);
+// The options follow kernels/attention_rule.h; the kernel takes the sliding window, not (yet) the soft-cap.
+std::string fused_attention_unsupported_reason(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh,
+                                               const AttentionOptions& options);
 
-inline bool fused_attention_supported(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh) {
-  return fused_attention_unsupported_reason(qh, kh, vh).empty();
+inline bool fused_attention_supported(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh,
+                                      const AttentionOptions& options) {
+  return fused_attention_unsupported_reason(qh, kh, vh, options).empty();
 }
 
 // Returns (out [b, h, p_q, d], lse [b, h, p_q]). valid: [b, p_k] uint8 or bool (0 = padded key), or undefined /
 // empty for none. lse is float32 for float16/bfloat16 inputs, else the input dtype; it is -inf (and the out row
 // 0) for a query that sees no key.
 std::pair<at::Tensor, at::Tensor> fused_attention_forward(const at::Tensor& qh, const at::Tensor& kh,
-                                                          const at::Tensor& vh, const at::Tensor& valid, double scale);
+                                                          const at::Tensor& vh, const at::Tensor& valid,
+                                                          const AttentionOptions& options);
 
 // Returns (dq, dk, dv) from the forward's out and lse and the incoming gradient dout [b, h, p_q, d]; dk and dv
 // are summed over the query heads of each kv group.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_attention_backward(const at::Tensor& qh, const at::Tensor& kh,
                                                                         const at::Tensor& vh, const at::Tensor& valid,
                                                                         const at::Tensor& out, const at::Tensor& lse,
-                                                                        const at::Tensor& dout, double scale);
+                                                                        const at::Tensor& dout,
+                                                                        const AttentionOptions& options);
 
 // Column order of a fused QKV projection output (see native/cuda/kernels_cuda.cuh).
 enum class QkvLayout {
-  Gpt2,  // which * heads * d_head + head * d_head + x
-  NeoX,  // head * 3 * d_head + which * d_head + x
+  PartMajor,  // which * heads * d_head + head * d_head + x
+  HeadMajor,  // head * 3 * d_head + which * d_head + x
 };
 
 // qkv [batch * pos, 3 * heads * d_head] (or any contiguous shape with that many elements and last dimension

@@ -19,7 +19,7 @@ constexpr int64_t kMaxBlocks = 65535;
 // Column of element x of head `head` of q (which = 0), k (1) or v (2) in a fused row.
 __device__ __forceinline__ int64_t fused_column(QkvLayout layout, int64_t which, int64_t head, int64_t x,
                                                 int64_t heads, int64_t d) {
-  return layout == QkvLayout::Gpt2 ? (which * heads + head) * d + x : (head * 3 + which) * d + x;
+  return layout == QkvLayout::PartMajor ? (which * heads + head) * d + x : (head * 3 + which) * d + x;
 }
 
 template <typename T>
@@ -46,10 +46,10 @@ __global__ void __launch_bounds__(kThreads)
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = idx / row_width, col = idx % row_width;
     const int64_t b = row / s.pos, p = row % s.pos, x = col % d;
-    // Invert fused_column: GPT-2 orders columns (which, head, x), NeoX (head, which, x).
-    const int64_t outer = col / d / (layout == QkvLayout::Gpt2 ? s.heads : 3);
-    const int64_t inner = col / d % (layout == QkvLayout::Gpt2 ? s.heads : 3);
-    const int64_t which = layout == QkvLayout::Gpt2 ? outer : inner, head = layout == QkvLayout::Gpt2 ? inner : outer;
+    // Invert fused_column: part-major orders columns (which, head, x), head-major (head, which, x).
+    const int64_t outer = col / d / (layout == QkvLayout::PartMajor ? s.heads : 3);
+    const int64_t inner = col / d % (layout == QkvLayout::PartMajor ? s.heads : 3);
+    const int64_t which = layout == QkvLayout::PartMajor ? outer : inner, head = layout == QkvLayout::PartMajor ? inner : outer;
     const T* src = which == 0 ? dq : which == 1 ? dk : dv;
     dqkv[idx] = src[((b * s.heads + head) * s.pos + p) * d + x];
   }
@@ -60,7 +60,7 @@ void check_shape(const char* what, QkvLayout layout, const QkvShape& s) {
     throw std::invalid_argument(std::string(what) + ": negative size (batch=" + std::to_string(s.batch) +
                                 " pos=" + std::to_string(s.pos) + " heads=" + std::to_string(s.heads) +
                                 " head_dim=" + std::to_string(s.head_dim) + ")");
-  if (layout != QkvLayout::Gpt2 && layout != QkvLayout::NeoX)
+  if (layout != QkvLayout::PartMajor && layout != QkvLayout::HeadMajor)
     throw std::invalid_argument(std::string(what) + ": unknown QKV layout " +
                                 std::to_string(static_cast<int>(layout)));
 }

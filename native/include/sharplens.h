@@ -28,7 +28,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a struct layout in this header changes. */
-#define SL_ABI_VERSION 1
+#define SL_ABI_VERSION 2
 
 typedef int32_t sl_status;
 enum {
@@ -298,8 +298,9 @@ SL_API sl_status sl_ablate(sl_tensor x, int32_t head_dim, const int64_t* heads, 
  * split projections land in the one fused weight they view. Shapes use b = batch, p = positions,
  * h = heads, d = d_head, m = d_model. */
 enum {
-  SL_QKV_GPT2_CONV1D = 0,    /* weight [m, 3*h*d] (y = x W + b), columns ordered q | k | v */
-  SL_QKV_NEOX_INTERLEAVED = 1 /* weight [h*3*d, m] (y = x W^T + b), rows ordered per head: q_h k_h v_h */
+  SL_QKV_PART_MAJOR_IN_OUT = 0, /* weight [m, 3*h*d] (y = x W + b), outputs ordered q | k | v (e.g. GPT-2 c_attn) */
+  SL_QKV_HEAD_MAJOR_OUT_IN = 1  /* weight [h*3*d, m] (y = x W^T + b), outputs ordered per head: q_h k_h v_h
+                                   (e.g. GPT-NeoX query_key_value) */
 };
 /* x [b, p, m] -> q, k, v [b, p, h, d]. bias may be NULL. */
 SL_API sl_status sl_qkv_split(int32_t layout, sl_tensor x, sl_tensor weight, sl_tensor bias, int64_t n_heads,
@@ -310,11 +311,23 @@ SL_API sl_status sl_qkv_split(int32_t layout, sl_tensor x, sl_tensor weight, sl_
  * buffer for one GEMM; the backward writes each part's block of the fused weight's gradient once. */
 SL_API sl_status sl_qkv_project(int32_t layout, sl_tensor xq, sl_tensor xk, sl_tensor xv, sl_tensor weight,
                                 sl_tensor bias, int64_t n_heads, sl_tensor* q, sl_tensor* k, sl_tensor* v);
-/* The staged attention below uses the materialising CPU kernels for float32/float64 (GEMMs only on tiles at or
- * below the causal diagonal, scale + mask + softmax fused per row block) and the libtorch composition otherwise.
- * Causal attention scores q.k * scale as [b, h, p_q, p_k], with -inf above the diagonal and at keys whose
- * key_mask entry is 0 (key_mask [b, p_k], bool or integer; may be NULL). */
-SL_API sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mask, double scale, sl_tensor* scores);
+/* The one attention contract: every attention export below takes these options, and every path (fused CPU, staged
+ * CPU, CUDA, composition) applies one visibility rule (native/src/kernels/attention_rule.h): query i of p_q sits at
+ * key position i + p_k - p_q and sees key j when j <= i + p_k - p_q and, with window > 0, j > i + p_k - p_q - window.
+ * Scores are q.k * scale, then softcap * tanh(scores / softcap) when softcap > 0, then masked. */
+typedef struct sl_attention_options {
+  double scale;       /* multiplies q.k; finite */
+  double softcap;     /* 0: none; > 0: soft-cap of the scaled scores (Gemma 2's attn_logit_softcapping) */
+  int64_t window;     /* 0: plain causal; > 0: sliding window of this many keys, the query's own included */
+  int64_t reserved;   /* 0 */
+} sl_attention_options;
+/* The staged attention below uses the materialising CPU kernels for float32/float64 plain causal attention (GEMMs
+ * only on tiles at or below the causal diagonal, scale + mask + softmax fused per row block) and the libtorch
+ * composition otherwise (windows, soft-caps, other dtypes and devices).
+ * Attention scores as [b, h, p_q, p_k], with -inf where the rule hides a key and at keys whose key_mask entry is
+ * 0 (key_mask [b, p_k], bool or integer; may be NULL). */
+SL_API sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mask, const sl_attention_options* options,
+                                     sl_tensor* scores);
 /* Softmax over keys, computed in float32 at least and cast back; rows with every key masked give 0. */
 SL_API sl_status sl_attention_pattern(sl_tensor scores, sl_tensor* pattern);
 /* pattern [b, h, p_q, p_k], v [b, p_k, h, d] -> z [b, p_q, h, d]. */
@@ -324,16 +337,17 @@ SL_API sl_status sl_attention_apply(sl_tensor pattern, sl_tensor v, sl_tensor* z
 SL_API sl_status sl_attention_apply_causal(sl_tensor pattern, sl_tensor v, sl_tensor* z);
 /* sl_attention_pattern(sl_attention_scores(...)) in one call, without storing the scores (for when only the
  * pattern is hooked). */
-SL_API sl_status sl_attention_causal_pattern(sl_tensor q, sl_tensor k, sl_tensor key_mask, double scale,
-                                             sl_tensor* pattern);
+SL_API sl_status sl_attention_causal_pattern(sl_tensor q, sl_tensor k, sl_tensor key_mask,
+                                             const sl_attention_options* options, sl_tensor* pattern);
 /* The three steps above in one call, for when no hook needs scores or pattern: q, k, v -> z. k and v may have
  * fewer heads than q (grouped-query attention: query head h reads key/value head h / (h_q / h_kv)). Uses the
  * fused kernel where it applies (float32/float64 on CPU), the composition otherwise. */
-SL_API sl_status sl_attention(sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask, double scale, sl_tensor* z);
+SL_API sl_status sl_attention(sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask,
+                              const sl_attention_options* options, sl_tensor* z);
 enum { SL_ATTENTION_AUTO = 0, SL_ATTENTION_FUSED = 1, SL_ATTENTION_COMPOSED = 2 };
 /* sl_attention with a chosen implementation (for tests and benchmarks); FUSED fails where it does not apply. */
 SL_API sl_status sl_attention_with(int32_t implementation, sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask,
-                                   double scale, sl_tensor* z);
+                                   const sl_attention_options* options, sl_tensor* z);
 /* GPT-NeoX rotary embedding (rotate-half form) on the first rotary_dim features of x [b, p, h, d] (any strides),
  * at the int64 positions [b, p]; the other features pass through. Angles positions * base^(-2i / rotary_dim) and
  * their cos/sin are float64, cast to x's dtype. Returns a contiguous [b, p, h, d]. float32/float64 CPU tensors
@@ -348,6 +362,11 @@ SL_API sl_status sl_rotary_with(int32_t implementation, sl_tensor x, sl_tensor p
  * rotary_dim <= their d_head). */
 SL_API sl_status sl_rotary_qk(sl_tensor q, sl_tensor k, sl_tensor positions, int64_t rotary_dim, double base,
                               sl_tensor* q_out, sl_tensor* k_out);
+/* The same rotation from the caller's cos/sin table, so the caller owns the angles (HuggingFace's float32 recipe,
+ * rope scaling, an attention factor folded into cos and sin): table [rows, 2, half] holds cos then sin of each
+ * row's angles, rows = p (all batch rows at the same positions) or b * p; the first 2 * half <= d features rotate.
+ * The table is cast to x's dtype and is a constant (no gradient). implementation: SL_ROTARY_*. */
+SL_API sl_status sl_rotary_table(int32_t implementation, sl_tensor x, sl_tensor table, sl_tensor* out);
 
 /* LayerNorm in two steps with the scale exposed (TransformerLens's hook_scale sits between them).
  * x [..., d] -> centred = x - mean(x) and scale = sqrt(mean(centred^2) + eps) [..., 1]. */

@@ -13,17 +13,17 @@ public class QkvProjectTests
     private static Tensor Reference(QkvLayout layout, Tensor x, Tensor w, Tensor? bias, int part, long h, long d)
     {
         var (b, p, m) = (x.Size(0), x.Size(1), x.Size(2));
-        var y = layout == QkvLayout.Gpt2Conv1D ? x.Reshape(b * p, m).Matmul(w) : x.Reshape(b * p, m).Matmul(w.Transpose(0, 1));
+        var y = layout == QkvLayout.PartMajorInOut ? x.Reshape(b * p, m).Matmul(w) : x.Reshape(b * p, m).Matmul(w.Transpose(0, 1));
         if (bias is not null) y = y + bias;
-        var parts = layout == QkvLayout.Gpt2Conv1D ? y.View(b, p, 3, h, d).Select(2, part) : y.View(b, p, h, 3, d).Select(3, part);
+        var parts = layout == QkvLayout.PartMajorInOut ? y.View(b, p, 3, h, d).Select(2, part) : y.View(b, p, h, 3, d).Select(3, part);
         return parts;
     }
 
-    [TestCase(QkvLayout.Gpt2Conv1D, true, false)]
-    [TestCase(QkvLayout.Gpt2Conv1D, false, true)]
-    [TestCase(QkvLayout.NeoXInterleaved, true, false)]
-    [TestCase(QkvLayout.NeoXInterleaved, false, true)]
-    [TestCase(QkvLayout.NeoXInterleaved, true, true)]
+    [TestCase(QkvLayout.PartMajorInOut, true, false)]
+    [TestCase(QkvLayout.PartMajorInOut, false, true)]
+    [TestCase(QkvLayout.HeadMajorOutIn, true, false)]
+    [TestCase(QkvLayout.HeadMajorOutIn, false, true)]
+    [TestCase(QkvLayout.HeadMajorOutIn, true, true)]
     public void MatchesTheFusedProjectionForwardAndBackward(QkvLayout layout, bool withBias, bool sharedInput)
     {
         using var scope = Torch.NewScope();
@@ -31,7 +31,7 @@ public class QkvProjectTests
         const long b = 2, p = 7, h = 3, d = 5, m = 11;
         var xs = Enumerable.Range(0, 3).Select(_ => Torch.Randn([b, p, m], g, ScalarType.Float64).RequiresGrad_()).ToArray();
         if (sharedInput) xs = [xs[0], xs[0], xs[0]];
-        var w = (layout == QkvLayout.Gpt2Conv1D ? Torch.Randn([m, 3 * h * d], g, ScalarType.Float64) : Torch.Randn([3 * h * d, m], g, ScalarType.Float64)).RequiresGrad_();
+        var w = (layout == QkvLayout.PartMajorInOut ? Torch.Randn([m, 3 * h * d], g, ScalarType.Float64) : Torch.Randn([3 * h * d, m], g, ScalarType.Float64)).RequiresGrad_();
         var bias = withBias ? Torch.Randn([3 * h * d], g, ScalarType.Float64).RequiresGrad_() : null;
         var weights = Enumerable.Range(0, 3).Select(_ => Torch.Randn([b, p, h, d], g, ScalarType.Float64)).ToArray();
         var (q, k, v) = TransformerOps.QkvProject(layout, xs[0], xs[1], xs[2], w, bias, h);
@@ -56,9 +56,9 @@ public class QkvProjectTests
     {
         using var scope = Torch.NewScope();
         var x = Torch.Zeros([2, 7, 11], ScalarType.Float64);
-        var e = Assert.Throws<ArgumentException>(() => TransformerOps.QkvProject(QkvLayout.Gpt2Conv1D, x, x, x, Torch.Zeros([10, 45], ScalarType.Float64), null, 3))!;
+        var e = Assert.Throws<ArgumentException>(() => TransformerOps.QkvProject(QkvLayout.PartMajorInOut, x, x, x, Torch.Zeros([10, 45], ScalarType.Float64), null, 3))!;
         Assert.That(e.Message, Does.Contain("[10, 45]"));
-        e = Assert.Throws<ArgumentException>(() => TransformerOps.QkvProject(QkvLayout.Gpt2Conv1D, x, Torch.Zeros([1, 7, 11], ScalarType.Float64), x, Torch.Zeros([11, 45], ScalarType.Float64), null, 3))!;
+        e = Assert.Throws<ArgumentException>(() => TransformerOps.QkvProject(QkvLayout.PartMajorInOut, x, Torch.Zeros([1, 7, 11], ScalarType.Float64), x, Torch.Zeros([11, 45], ScalarType.Float64), null, 3))!;
         Assert.That(e.Message, Does.Contain("[1, 7, 11]"));
     }
 }

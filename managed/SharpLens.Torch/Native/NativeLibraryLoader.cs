@@ -11,7 +11,7 @@ namespace SharpLens.Tensors.Native;
 /// </summary>
 internal static unsafe class NativeLibraryLoader
 {
-    internal const int ExpectedAbiVersion = 1;
+    internal const int ExpectedAbiVersion = 2;
     private const string FileName = "libsharplens.so";
 
     [ModuleInitializer]

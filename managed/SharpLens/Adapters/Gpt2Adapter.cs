@@ -78,7 +78,7 @@ public sealed class Gpt2Adapter : ArchitectureAdapter
                 new NormSpec($"{b}.ln_1.weight", $"{b}.ln_1.bias"),
                 new AttentionSpec(
                     new LinearSpec($"{b}.attn.c_attn.weight", $"{b}.attn.c_attn.bias", LinearWeightLayout.InOut),
-                    QkvLayout.Gpt2Conv1D,
+                    QkvLayout.PartMajorInOut,
                     new LinearSpec($"{b}.attn.c_proj.weight", $"{b}.attn.c_proj.bias", LinearWeightLayout.InOut)),
                 new NormSpec($"{b}.ln_2.weight", $"{b}.ln_2.bias"),
                 new MlpSpec(

@@ -88,7 +88,7 @@ public sealed class GptNeoXAdapter : ArchitectureAdapter
                 new NormSpec($"{l}.input_layernorm.weight", $"{l}.input_layernorm.bias"),
                 new AttentionSpec(
                     new LinearSpec($"{l}.attention.query_key_value.weight", $"{l}.attention.query_key_value.bias", LinearWeightLayout.OutIn),
-                    QkvLayout.NeoXInterleaved,
+                    QkvLayout.HeadMajorOutIn,
                     new LinearSpec($"{l}.attention.dense.weight", $"{l}.attention.dense.bias", LinearWeightLayout.OutIn)),
                 new NormSpec($"{l}.post_attention_layernorm.weight", $"{l}.post_attention_layernorm.bias"),
                 new MlpSpec(

@@ -227,7 +227,7 @@ public sealed partial class TransformerBridge
         var b = attention.Qkv.Bias is null ? null : P(attention.Qkv.Bias);
         long nh = Config.NHeads, dh = Config.DHead, m = Config.DModel;
         Tensor[] ws, bs;
-        if (attention.QkvLayout == QkvLayout.Gpt2Conv1D)
+        if (attention.QkvLayout == QkvLayout.PartMajorInOut)
         {
             ws = w.View(m, 3, nh, dh).Permute(1, 2, 0, 3).Split(1, 0);   // [3][1, h, m, d]
             bs = b?.View(3, nh, dh).Split(1, 0) ?? [];

@@ -271,7 +271,7 @@ void qkv_case(QkvLayout layout, const QkvShape& s) {
       for (int64_t h = 0; h < s.heads; ++h)
         for (int64_t p = 0; p < s.pos; ++p)
           for (int64_t x = 0; x < s.head_dim; ++x) {
-            const int64_t col = layout == QkvLayout::Gpt2 ? which * hd + h * s.head_dim + x
+            const int64_t col = layout == QkvLayout::PartMajor ? which * hd + h * s.head_dim + x
                                                           : h * 3 * s.head_dim + which * s.head_dim + x;
             const double want = to_double(qkv[(b * s.pos + p) * 3 * hd + col]);
             if (to_double(parts[which][((b * s.heads + h) * s.pos + p) * s.head_dim + x]) != want) ++wrong;
@@ -284,7 +284,7 @@ void qkv_case(QkvLayout layout, const QkvShape& s) {
   if (!ok) ++failures;
   std::printf("%-4s qkv split %-8s %-5s batch=%lld pos=%lld heads=%lld d=%lld: %lld wrong forward, %lld wrong "
               "backward\n",
-              ok ? "ok" : "FAIL", name_of<T>(), layout == QkvLayout::Gpt2 ? "gpt2" : "neox",
+              ok ? "ok" : "FAIL", name_of<T>(), layout == QkvLayout::PartMajor ? "part-major" : "head-major",
               static_cast<long long>(s.batch), static_cast<long long>(s.pos), static_cast<long long>(s.heads),
               static_cast<long long>(s.head_dim), static_cast<long long>(wrong), static_cast<long long>(wrong_back));
 }
@@ -348,13 +348,13 @@ int main() {
   attention_case<__nv_bfloat16>(cases[5], 5e-2, device);
   attention_case<__nv_bfloat16>(cases[9], 5e-2, device);
 
-  for (QkvLayout layout : {QkvLayout::Gpt2, QkvLayout::NeoX})
+  for (QkvLayout layout : {QkvLayout::PartMajor, QkvLayout::HeadMajor})
     for (const QkvShape& s : {QkvShape{2, 7, 3, 5}, QkvShape{1, 1, 12, 64}, QkvShape{3, 37, 4, 32}}) {
       qkv_case<float>(layout, s);
       qkv_case<double>(layout, s);
     }
-  qkv_case<__half>(QkvLayout::NeoX, QkvShape{2, 5, 2, 8});
-  qkv_case<__nv_bfloat16>(QkvLayout::Gpt2, QkvShape{2, 5, 2, 8});
+  qkv_case<__half>(QkvLayout::HeadMajor, QkvShape{2, 5, 2, 8});
+  qkv_case<__nv_bfloat16>(QkvLayout::PartMajor, QkvShape{2, 5, 2, 8});
 
   std::printf("%s: %d failure%s\n", failures == 0 ? "PASS" : "FAIL", failures, failures == 1 ? "" : "s");
   return failures == 0 ? 0 : 1;

@@ -12,12 +12,14 @@
 #include "common.h"
 #include "kernels/attention.h"
 #include "kernels/attention_materialised.h"
+#include "kernels/attention_rule.h"
 #include "kernels/layer_norm.h"
 #include "kernels/qkv.h"
 #include "kernels/rotary.h"
 
 using sl::get;
 using sl::new_handle;
+using sl::kernels::AttentionOptions;
 
 namespace {
 
@@ -32,18 +34,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_split(int32_t layout, const a
   check_rank(w, 2, "qkv weight", "[rows, cols]");
   if (n_heads <= 0) throw sl::ArgumentError("n_heads must be positive");
   const int64_t batch = x.size(0), pos = x.size(1), d_model = x.size(2);
-  if (layout == SL_QKV_GPT2_CONV1D) {
+  if (layout == SL_QKV_PART_MAJOR_IN_OUT) {
     if (w.size(0) != d_model || w.size(1) % (3 * n_heads) != 0)
-      throw sl::ArgumentError("GPT-2 c_attn weight must be [d_model, 3 * n_heads * d_head] with d_model " +
+      throw sl::ArgumentError("part-major in-out QKV weight must be [d_model, 3 * n_heads * d_head] with d_model " +
                               std::to_string(d_model) + ", got " + c10::str(w.sizes()));
     const int64_t d_head = w.size(1) / (3 * n_heads);
     auto qkv = b ? at::addmm(*b, x.reshape({batch * pos, d_model}), w) : x.reshape({batch * pos, d_model}).mm(w);
     auto parts = qkv.view({batch, pos, 3, n_heads, d_head}).unbind(2);
     return {parts[0], parts[1], parts[2]};
   }
-  if (layout == SL_QKV_NEOX_INTERLEAVED) {
+  if (layout == SL_QKV_HEAD_MAJOR_OUT_IN) {
     if (w.size(1) != d_model || w.size(0) % (3 * n_heads) != 0)
-      throw sl::ArgumentError("GPT-NeoX query_key_value weight must be [n_heads * 3 * d_head, d_model] with d_model " +
+      throw sl::ArgumentError("head-major out-in QKV weight must be [n_heads * 3 * d_head, d_model] with d_model " +
                               std::to_string(d_model) + ", got " + c10::str(w.sizes()));
     const int64_t d_head = w.size(0) / (3 * n_heads);
     auto flat = x.reshape({batch * pos, d_model});
@@ -64,15 +66,36 @@ at::Tensor expand_kv_heads(const at::Tensor& kv, int64_t query_heads) {
   return kv.repeat_interleave(query_heads / kv_heads, 2);
 }
 
+// [p_q, p_k] bool on `device`, true where the rule of kernels/attention_rule.h hides key j from query i: the
+// composition's mask comes from the same function the kernels call, so no path restates the rule.
+at::Tensor hidden_keys(int64_t pq, int64_t pk, int64_t window, const at::Device& device) {
+  auto hidden = at::empty({pq, pk}, at::TensorOptions().dtype(at::kBool));
+  auto* h = hidden.data_ptr<bool>();
+  for (int64_t i = 0; i < pq; ++i)
+    for (int64_t j = 0; j < pk; ++j) h[i * pk + j] = !sl::kernels::visible(i, j, pk - pq, window);
+  return device.is_cpu() ? hidden : hidden.to(device);
+}
+
+// The validated options of the C ABI.
+AttentionOptions options_of(const sl_attention_options* options) {
+  if (options == nullptr) throw sl::ArgumentError("attention options must not be NULL");
+  if (!std::isfinite(options->scale))
+    throw sl::ArgumentError("attention scale must be finite, got " + std::to_string(options->scale));
+  if (!(options->softcap >= 0) || !std::isfinite(options->softcap))
+    throw sl::ArgumentError("attention softcap must be finite and >= 0 (0 = none), got " + std::to_string(options->softcap));
+  if (options->window < 0)
+    throw sl::ArgumentError("attention window must be >= 0 (0 = none), got " + std::to_string(options->window));
+  return AttentionOptions{options->scale, options->softcap, options->window};
+}
+
 // The composition of the staged attention; its callers have validated ranks and the key mask.
 at::Tensor composed_scores(const at::Tensor& q, const at::Tensor& k_in, const c10::optional<at::Tensor>& key_mask,
-                            double scale) {
+                           const AttentionOptions& options) {
   const auto k = expand_kv_heads(k_in, q.size(2));
   const int64_t pq = q.size(1), pk = k.size(1);
-  auto scores = at::matmul(q.permute({0, 2, 1, 3}), k.permute({0, 2, 3, 1})).mul(scale);  // [b, h, q, k]
-  // Query i sits at key position i + (pk - pq), so cached prefixes keep causality.
-  auto causal = at::ones({pq, pk}, q.options().dtype(at::kBool)).triu(pk - pq + 1);
-  auto mask = causal.view({1, 1, pq, pk});
+  auto scores = at::matmul(q.permute({0, 2, 1, 3}), k.permute({0, 2, 3, 1})).mul(options.scale);  // [b, h, q, k]
+  if (options.softcap > 0) scores = scores.div(options.softcap).tanh().mul(options.softcap);
+  auto mask = hidden_keys(pq, pk, options.window, q.device()).view({1, 1, pq, pk});
   if (key_mask) {
     auto padded = key_mask->to(q.device()).eq(0).view({q.size(0), 1, 1, pk});
     mask = mask.logical_or(padded);
@@ -107,13 +130,13 @@ void check_key_mask(const c10::optional<at::Tensor>& key_mask, const at::Tensor&
 // The staged attention for hooks on scores or pattern: the materialising kernels where they apply (float32/float64
 // CPU), the composition otherwise (half precision, CUDA without its kernels).
 at::Tensor attention_scores(const at::Tensor& q, const at::Tensor& k, const c10::optional<at::Tensor>& key_mask,
-                            double scale) {
+                            const AttentionOptions& options) {
   check_rank(q, 4, "q", "[batch, pos, head, d_head]");
   check_rank(k, 4, "k", "[batch, pos, head, d_head]");
   check_key_mask(key_mask, q, k);
-  if (sl::kernels::materialised_attention_supported(q, k, at::Tensor()))
-    return sl::kernels::causal_scores(q, k, key_mask ? *key_mask : at::Tensor(), scale);
-  return composed_scores(q, k, key_mask, scale);
+  if (sl::kernels::materialised_attention_supported(q, k, at::Tensor(), options))
+    return sl::kernels::causal_scores(q, k, key_mask ? *key_mask : at::Tensor(), options.scale);
+  return composed_scores(q, k, key_mask, options);
 }
 
 at::Tensor attention_pattern(const at::Tensor& scores) {
@@ -123,13 +146,13 @@ at::Tensor attention_pattern(const at::Tensor& scores) {
 }
 
 at::Tensor attention_causal_pattern(const at::Tensor& q, const at::Tensor& k, const c10::optional<at::Tensor>& key_mask,
-                                    double scale) {
+                                    const AttentionOptions& options) {
   check_rank(q, 4, "q", "[batch, pos, head, d_head]");
   check_rank(k, 4, "k", "[batch, pos, head, d_head]");
   check_key_mask(key_mask, q, k);
-  if (sl::kernels::materialised_attention_supported(q, k, at::Tensor()))
-    return sl::kernels::causal_pattern(q, k, key_mask ? *key_mask : at::Tensor(), scale);
-  return composed_pattern(composed_scores(q, k, key_mask, scale));
+  if (sl::kernels::materialised_attention_supported(q, k, at::Tensor(), options))
+    return sl::kernels::causal_pattern(q, k, key_mask ? *key_mask : at::Tensor(), options.scale);
+  return composed_pattern(composed_scores(q, k, key_mask, options));
 }
 
 at::Tensor attention_apply(const at::Tensor& pattern, const at::Tensor& v, bool causal) {
@@ -142,17 +165,16 @@ at::Tensor attention_apply(const at::Tensor& pattern, const at::Tensor& v, bool 
   if (!causal) return composed_apply(pattern, v);
   // The contract of the causal form: entries above the diagonal do not count, whatever they hold.
   const int64_t pq = pattern.size(2), pk = pattern.size(3);
-  auto above = at::ones({pq, pk}, pattern.options().dtype(at::kBool)).triu(pk - pq + 1);
-  return composed_apply(pattern.masked_fill(above, 0), v);
+  return composed_apply(pattern.masked_fill(hidden_keys(pq, pk, 0, pattern.device()), 0), v);
 }
 
 at::Tensor attention(int32_t implementation, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                     const c10::optional<at::Tensor>& key_mask, double scale) {
+                     const c10::optional<at::Tensor>& key_mask, const AttentionOptions& options) {
   check_rank(q, 4, "q", "[batch, pos, head, d_head]");
   check_rank(k, 4, "k", "[batch, pos, head, d_head]");
   check_rank(v, 4, "v", "[batch, pos, head, d_head]");
   check_key_mask(key_mask, q, k);
-  const bool fusable = sl::kernels::fused_attention_supported(q, k, v);
+  const bool fusable = sl::kernels::fused_attention_supported(q, k, v, options);
   if (implementation == SL_ATTENTION_FUSED && !fusable)
     throw sl::ArgumentError("the fused attention kernel needs float32 or float64 CPU tensors q [b, p_q, h, d] and k, v "
                             "[b, p_k >= p_q, h_kv, d] with h divisible by h_kv; got q " + c10::str(q.sizes()) + " " +
@@ -160,8 +182,8 @@ at::Tensor attention(int32_t implementation, const at::Tensor& q, const at::Tens
   if (implementation < SL_ATTENTION_AUTO || implementation > SL_ATTENTION_COMPOSED)
     throw sl::ArgumentError("unknown attention implementation " + std::to_string(implementation));
   if (fusable && implementation != SL_ATTENTION_COMPOSED)
-    return sl::kernels::fused_attention(q, k, v, key_mask ? *key_mask : at::Tensor(), scale);
-  return composed_apply(composed_pattern(composed_scores(q, k, key_mask, scale)), v);
+    return sl::kernels::fused_attention(q, k, v, key_mask ? *key_mask : at::Tensor(), options);
+  return composed_apply(composed_pattern(composed_scores(q, k, key_mask, options)), v);
 }
 
 at::Tensor rotate_half(const at::Tensor& x) {
@@ -203,6 +225,32 @@ at::Tensor rotary(int32_t implementation, const at::Tensor& x, const at::Tensor&
   return composed_rotary(x, positions, rotary_dim, base);
 }
 
+// x rotated by a caller's cos/sin table [rows, 2, half] (see kernels/rotary.h): the kernel where it applies, else
+// the ATen composition from the same table.
+at::Tensor composed_rotary_table(const at::Tensor& x, const at::Tensor& table) {
+  const int64_t nb = x.size(0), np = x.size(1), half = table.size(2), rot = 2 * half;
+  const auto t = table.to(x.device(), x.scalar_type()).view({table.size(0) == np ? 1 : nb, np, 1, 2, half});
+  auto cos = t.select(3, 0), sin = t.select(3, 1);
+  cos = at::cat({cos, cos}, -1);
+  sin = at::cat({sin, sin}, -1);
+  auto r = x.narrow(3, 0, rot);
+  auto rotated = r * cos + rotate_half(r) * sin;
+  if (rot == x.size(3)) return rotated;
+  return at::cat({rotated, x.narrow(3, rot, x.size(3) - rot)}, 3);
+}
+
+at::Tensor rotary_table(int32_t implementation, const at::Tensor& x, const at::Tensor& table) {
+  sl::kernels::check_rotary_table(x, "x", table);
+  check_rotary_implementation(implementation);
+  const bool kernel = sl::kernels::rotary_table_supported(x, table);
+  if (implementation == SL_ROTARY_FUSED && !kernel)
+    throw sl::ArgumentError("the rotary kernel needs a float32 or float64 CPU tensor x and a CPU table; got x " +
+                            std::string(c10::toString(x.scalar_type())) + " on " + x.device().str() + ", table on " +
+                            table.device().str());
+  if (kernel && implementation != SL_ROTARY_COMPOSED) return sl::kernels::rotary_with_table(x, table);
+  return composed_rotary_table(x, table);
+}
+
 // q and k at the same positions: one cos/sin table for both when the kernel takes them (same dtype, CPU).
 std::pair<at::Tensor, at::Tensor> rotary_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& positions,
                                             int64_t rotary_dim, double base) {
@@ -241,7 +289,7 @@ sl_status sl_qkv_project(int32_t layout, sl_tensor xq, sl_tensor xk, sl_tensor x
   sl::require(v, "v");
   const auto &a = get(xq, "xq"), &b = get(xk, "xk"), &c = get(xv, "xv"), &w = get(weight, "weight");
   const auto bb = sl::get_optional(bias);
-  if (layout != SL_QKV_GPT2_CONV1D && layout != SL_QKV_NEOX_INTERLEAVED)
+  if (layout != SL_QKV_PART_MAJOR_IN_OUT && layout != SL_QKV_HEAD_MAJOR_OUT_IN)
     throw sl::ArgumentError("unknown QKV layout " + std::to_string(layout));
   for (const auto* t : {&a, &b, &c}) check_rank(*t, 3, "x", "[batch, pos, d_model]");
   check_rank(w, 2, "qkv weight", "[rows, cols]");
@@ -256,9 +304,10 @@ sl_status sl_qkv_project(int32_t layout, sl_tensor xq, sl_tensor xk, sl_tensor x
   SL_CATCH
 }
 
-sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mask, double scale, sl_tensor* scores) {
+sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mask, const sl_attention_options* options,
+                              sl_tensor* scores) {
   SL_TRY
-  SL_OUT(scores) = new_handle(attention_scores(get(q, "q"), get(k, "k"), sl::get_optional(key_mask), scale));
+  SL_OUT(scores) = new_handle(attention_scores(get(q, "q"), get(k, "k"), sl::get_optional(key_mask), options_of(options)));
   SL_CATCH
 }
 
@@ -280,20 +329,24 @@ sl_status sl_attention_apply_causal(sl_tensor pattern, sl_tensor v, sl_tensor* z
   SL_CATCH
 }
 
-sl_status sl_attention_causal_pattern(sl_tensor q, sl_tensor k, sl_tensor key_mask, double scale, sl_tensor* pattern) {
+sl_status sl_attention_causal_pattern(sl_tensor q, sl_tensor k, sl_tensor key_mask, const sl_attention_options* options,
+                                      sl_tensor* pattern) {
   SL_TRY
-  SL_OUT(pattern) = new_handle(attention_causal_pattern(get(q, "q"), get(k, "k"), sl::get_optional(key_mask), scale));
+  SL_OUT(pattern) =
+      new_handle(attention_causal_pattern(get(q, "q"), get(k, "k"), sl::get_optional(key_mask), options_of(options)));
   SL_CATCH
 }
 
-sl_status sl_attention(sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask, double scale, sl_tensor* z) {
-  return sl_attention_with(SL_ATTENTION_AUTO, q, k, v, key_mask, scale, z);
+sl_status sl_attention(sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask, const sl_attention_options* options,
+                       sl_tensor* z) {
+  return sl_attention_with(SL_ATTENTION_AUTO, q, k, v, key_mask, options, z);
 }
 
 sl_status sl_attention_with(int32_t implementation, sl_tensor q, sl_tensor k, sl_tensor v, sl_tensor key_mask,
-                            double scale, sl_tensor* z) {
+                            const sl_attention_options* options, sl_tensor* z) {
   SL_TRY
-  SL_OUT(z) = new_handle(attention(implementation, get(q, "q"), get(k, "k"), get(v, "v"), sl::get_optional(key_mask), scale));
+  SL_OUT(z) = new_handle(
+      attention(implementation, get(q, "q"), get(k, "k"), get(v, "v"), sl::get_optional(key_mask), options_of(options)));
   SL_CATCH
 }
 
@@ -317,6 +370,12 @@ sl_status sl_rotary_qk(sl_tensor q, sl_tensor k, sl_tensor positions, int64_t ro
   auto hq = new_handle(std::move(r.first));
   *k_out = new_handle(std::move(r.second));
   *q_out = hq;
+  SL_CATCH
+}
+
+sl_status sl_rotary_table(int32_t implementation, sl_tensor x, sl_tensor table, sl_tensor* out) {
+  SL_TRY
+  SL_OUT(out) = new_handle(rotary_table(implementation, get(x, "x"), get(table, "table")));
   SL_CATCH
 }
 

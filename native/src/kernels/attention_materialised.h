@@ -6,12 +6,16 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/attention_rule.h"
+
 namespace sl::kernels {
 
 // True when causal_scores / causal_pattern (and apply_pattern with this v) handle these inputs: float32 or
 // float64 CPU tensors of one dtype, q [b, p_q, h, d], k [b, p_k, h_kv, d] with h % h_kv == 0, p_q, p_k, d >= 1,
-// and v (may be undefined) of k's shape. Otherwise use the composition.
-bool materialised_attention_supported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+// and v (may be undefined) of k's shape, and plain causal options (no sliding window, no soft-cap). Otherwise use
+// the composition.
+bool materialised_attention_supported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const AttentionOptions& options);
 
 // True when pattern_from_scores handles these scores: a 4-D float32/float64 CPU tensor.
 bool materialised_pattern_supported(const at::Tensor& scores);

@@ -232,8 +232,9 @@ SL_ROW_KERNEL void softmax_backward_row(const double* p, const double* dp, doubl
 struct Shape {
   int64_t batch, heads, kv_heads, pq, pk, d;
   int64_t group() const { return heads / kv_heads; }
-  // Query row i sees keys [0, visible(i)): it sits at key position i + (pk - pq).
-  int64_t visible(int64_t i) const { return std::clamp<int64_t>(i + (pk - pq) + 1, 0, pk); }
+  // Query row i sees keys [0, visible(i)): the rule of kernels/attention_rule.h without a window (these kernels
+  // are used only for plain causal attention; materialised_attention_supported refuses windows and soft-caps).
+  int64_t visible(int64_t i) const { return end_visible_key(i, pk - pq, pk); }
   int64_t q_blocks() const { return (pq + kBlockRows - 1) / kBlockRows; }
 };
 
@@ -677,7 +678,9 @@ bool sizes_ok(const at::Tensor& t) {
 
 }  // namespace
 
-bool materialised_attention_supported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+bool materialised_attention_supported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                      const AttentionOptions& options) {
+  if (options.window > 0 || options.softcap > 0) return false;  // the composition takes these
   if (!float_cpu(q) || !float_cpu(k) || q.scalar_type() != k.scalar_type() || q.dim() != 4 || k.dim() != 4) return false;
   if (!sizes_ok(q) || !sizes_ok(k) || q.size(0) != k.size(0) || q.size(3) != k.size(3) || q.size(2) % k.size(2) != 0 ||
       q.size(2) * q.size(3) >= INT_MAX)
@@ -696,7 +699,7 @@ bool materialised_apply_supported(const at::Tensor& pattern, const at::Tensor& v
 }
 
 at::Tensor causal_scores(const at::Tensor& q, const at::Tensor& k, const at::Tensor& key_mask, double scale) {
-  TORCH_CHECK(materialised_attention_supported(q, k, at::Tensor()),
+  TORCH_CHECK(materialised_attention_supported(q, k, at::Tensor(), AttentionOptions{scale, 0.0, 0}),
               "causal_scores needs float32/float64 CPU q [b, p_q, h, d] and k [b, p_k, h_kv, d] with h % h_kv == 0; got q ",
               q.sizes(), ", k ", k.sizes());
   return CausalScoresFunction::apply(blas_ready(q), blas_ready(k), valid_keys(key_mask, q.size(0), k.size(1)), scale);
@@ -709,7 +712,7 @@ at::Tensor pattern_from_scores(const at::Tensor& scores) {
 }
 
 at::Tensor causal_pattern(const at::Tensor& q, const at::Tensor& k, const at::Tensor& key_mask, double scale) {
-  TORCH_CHECK(materialised_attention_supported(q, k, at::Tensor()),
+  TORCH_CHECK(materialised_attention_supported(q, k, at::Tensor(), AttentionOptions{scale, 0.0, 0}),
               "causal_pattern needs float32/float64 CPU q [b, p_q, h, d] and k [b, p_k, h_kv, d] with h % h_kv == 0; got q ",
               q.sizes(), ", k ", k.sizes());
   return CausalPatternFunction::apply(blas_ready(q), blas_ready(k), valid_keys(key_mask, q.size(0), k.size(1)), scale);

@@ -5,8 +5,8 @@
 // (one GEMM per part measured faster than one per head; see qkv_cpu.cpp).
 //
 // Layouts (h = n_heads, d = d_head, m = d_model):
-//   0, GPT-2 Conv1D c_attn:       w [m, 3*h*d], y = x w + b,   output column = part*h*d + head*d + j
-//   1, GPT-NeoX query_key_value:  w [h*3*d, m], y = x wᵀ + b,  output row    = head*3*d + part*d + j
+//   0, part-major in-out (e.g. GPT-2 Conv1D c_attn):        w [m, 3*h*d], y = x w + b,   output column = part*h*d + head*d + j
+//   1, head-major out-in (e.g. GPT-NeoX query_key_value):   w [h*3*d, m], y = x wᵀ + b,  output row    = head*3*d + part*d + j
 // b [3*h*d] in the same order as the weight's output dimension; part 0 = q, 1 = k, 2 = v.
 #pragma once
 

@@ -60,8 +60,8 @@ std::string shape_error(int layout, const at::Tensor& xq, const at::Tensor& xk, 
   if (w.dim() != 2) return "qkv weight must be 2-D, got " + shape(w);
   const int64_t out = layout == 0 ? w.size(1) : w.size(0), in = layout == 0 ? w.size(0) : w.size(1);
   if (in != m || out <= 0 || out % (3 * n_heads) != 0)
-    return std::string(layout == 0 ? "GPT-2 c_attn weight must be [d_model, 3 * n_heads * d_head]"
-                                   : "GPT-NeoX query_key_value weight must be [n_heads * 3 * d_head, d_model]") +
+    return std::string(layout == 0 ? "part-major in-out QKV weight must be [d_model, 3 * n_heads * d_head]"
+                                   : "head-major out-in QKV weight must be [n_heads * 3 * d_head, d_model]") +
            " with d_model " + std::to_string(m) + " and n_heads " + std::to_string(n_heads) + ", got " + shape(w);
   if (b.defined() && (b.dim() != 1 || b.size(0) != out))
     return "qkv bias must be [" + std::to_string(out) + "], got " + shape(b);

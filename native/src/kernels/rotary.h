@@ -38,4 +38,17 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& positions, int64_t rota
 std::pair<at::Tensor, at::Tensor> rotary_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& positions,
                                             int64_t rotary_dim, double base);
 
+// The same rotation from a precomputed table, so the caller owns the angles (HuggingFace's float32 recipe, rope
+// scaling, an attention factor folded into cos and sin): table [rows, 2, half] holds cos then sin of each row's
+// angles, rows = pos (every batch row at the same positions) or batch * pos, and 2 * half <= d_head features
+// rotate. Throws std::invalid_argument naming the shapes when the table does not fit x.
+void check_rotary_table(const at::Tensor& x, const char* name, const at::Tensor& table);
+
+// True when rotary_with_table's kernel takes x and the table (float32/float64 CPU x, CPU table of any float dtype).
+bool rotary_table_supported(const at::Tensor& x, const at::Tensor& table);
+
+// x [b, p, h, d] (any strides) rotated by the table (cast to x's dtype) -> contiguous [b, p, h, d]; differentiable
+// w.r.t. x (the table is a constant), also twice.
+at::Tensor rotary_with_table(const at::Tensor& x, const at::Tensor& table);
+
 }  // namespace sl::kernels

@@ -186,4 +186,34 @@ std::pair<at::Tensor, at::Tensor> rotary_qk(const at::Tensor& q, const at::Tenso
   return {RotaryFunction::apply(q, table, false), RotaryFunction::apply(k, table, false)};
 }
 
+
+void check_rotary_table(const at::Tensor& x, const char* name, const at::Tensor& table) {
+  if (x.dim() != 4)
+    throw std::invalid_argument(std::string(name) + " must have shape [batch, pos, head, d_head], got " +
+                                c10::str(x.sizes()));
+  const int64_t np = x.size(1), rows = x.size(0) * np;
+  if (table.dim() != 3 || table.size(1) != 2 || table.size(2) < 1 || 2 * table.size(2) > x.size(3) ||
+      (table.size(0) != np && table.size(0) != rows))
+    throw std::invalid_argument("rotary table must be [pos or batch * pos, 2, rotary_dim / 2] with rotary_dim <= d_head "
+                                "for " + std::string(name) + " " + c10::str(x.sizes()) + " (pos " + std::to_string(np) +
+                                ", batch * pos " + std::to_string(rows) + "), got " + c10::str(table.sizes()));
+  if (!table.is_floating_point())
+    throw std::invalid_argument("rotary table must be floating point, got " + std::string(c10::toString(table.scalar_type())));
+}
+
+bool rotary_table_supported(const at::Tensor& x, const at::Tensor& table) {
+  return x.defined() && table.defined() && x.dim() == 4 && x.device().is_cpu() && x.layout() == at::kStrided &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) && table.device().is_cpu() &&
+         table.layout() == at::kStrided;
+}
+
+at::Tensor rotary_with_table(const at::Tensor& x, const at::Tensor& table) {
+  check_rotary_table(x, "x", table);
+  if (!rotary_table_supported(x, table))
+    throw std::invalid_argument("the rotary kernel needs a float32 or float64 CPU tensor x and a CPU table, got " +
+                                std::string(c10::toString(x.scalar_type())) + " on " + x.device().str());
+  // A table made by autograd-tracked ops must not carry its graph into the saved state: it is a constant here.
+  return RotaryFunction::apply(x, table.detach().to(x.scalar_type()).contiguous(), false);
+}
+
 }  // namespace sl::kernels
