@@ -33,7 +33,8 @@ public abstract class HookedModel : IDisposable
     protected sealed class BlockHooks
     {
         public readonly HookPoint ResidPre, Ln1Scale, Ln1Normalized, QInput, KInput, VInput, AttnIn, Q, K, V, RotQ, RotK,
-            AttnScores, Pattern, Z, Result, AttnOut, ResidMid, MlpIn, Ln2Scale, Ln2Normalized, MlpPre, MlpPost, MlpOut, ResidPost;
+            AttnScores, Pattern, Z, Result, Ln1PostScale, Ln1PostNormalized, AttnOut, ResidMid, MlpIn, Ln2Scale, Ln2Normalized,
+            MlpPre, MlpPreLinear, MlpPost, Ln2PostScale, Ln2PostNormalized, MlpOut, ResidPost;
 
         public BlockHooks(HookedModel b, int i)
         {
@@ -55,13 +56,19 @@ public abstract class HookedModel : IDisposable
             Pattern = b.NewHook(p + "attn.hook_pattern");
             Z = b.NewHook(p + "attn.hook_z");
             Result = b.NewHook(p + "attn.hook_result", c => c.UseAttnResult, nameof(TransformerConfig.UseAttnResult));
+            var post = b.Config.UsePostNorms;
+            Ln1PostScale = b.NewHook(p + "ln1_post.hook_scale", exists: post);
+            Ln1PostNormalized = b.NewHook(p + "ln1_post.hook_normalized", exists: post);
             AttnOut = b.NewHook(p + "hook_attn_out");
             ResidMid = b.NewHook(p + "hook_resid_mid", exists: !b.Config.ParallelAttnMlp);
             MlpIn = b.NewHook(p + "hook_mlp_in", c => c.UseHookMlpIn, nameof(TransformerConfig.UseHookMlpIn));
             Ln2Scale = b.NewHook(p + "ln2.hook_scale");
             Ln2Normalized = b.NewHook(p + "ln2.hook_normalized");
             MlpPre = b.NewHook(p + "mlp.hook_pre");
+            MlpPreLinear = b.NewHook(p + "mlp.hook_pre_linear", exists: b.Config.Mlp == MlpKind.Gated);
             MlpPost = b.NewHook(p + "mlp.hook_post");
+            Ln2PostScale = b.NewHook(p + "ln2_post.hook_scale", exists: post);
+            Ln2PostNormalized = b.NewHook(p + "ln2_post.hook_normalized", exists: post);
             MlpOut = b.NewHook(p + "hook_mlp_out");
             ResidPost = b.NewHook(p + "hook_resid_post");
         }
@@ -325,10 +332,13 @@ public abstract class HookedModel : IDisposable
             throw new ArgumentException($"attention mask has shape {Tensor.FormatShape(attentionMask.Shape)} but tokens have {Tensor.FormatShape(tokens.Shape)}");
     }
 
-    /// <summary>Position ids: 0..pos-1, or with a mask the count of real tokens before each one (so left padding does not shift positions).</summary>
-    protected static Tensor Positions(long batch, long pos, Tensor? attentionMask)
+    /// <summary>
+    /// Position ids on <paramref name="device"/>: 0..pos-1, or with a mask the count of real tokens before each one (so left
+    /// padding does not shift positions).
+    /// </summary>
+    protected static Tensor Positions(long batch, long pos, Tensor? attentionMask, Device device)
     {
-        if (attentionMask is null) return Torch.Arange(pos).Unsqueeze(0).Expand(batch, pos).Contiguous();
+        if (attentionMask is null) return Torch.Arange(0, pos, 1, ScalarType.Int64, device).Unsqueeze(0).Expand(batch, pos).Contiguous();
         using var asLong = attentionMask.To(Device.CPU, ScalarType.Int64);
         var mask = asLong.ToArray<long>();
         var ids = new long[mask.Length];

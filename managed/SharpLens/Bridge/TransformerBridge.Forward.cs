@@ -1,4 +1,5 @@
 using SharpLens.Adapters;
+using SharpLens.Components;
 using SharpLens.Tensors;
 
 namespace SharpLens;
@@ -52,24 +53,49 @@ public sealed partial class TransformerBridge
     {
         if (Config.UseHookTokens) tokens = Fire(_hookTokens, tokens);
         var (batch, pos) = (tokens.Size(0), tokens.Size(1));
-        var positions = Positions(batch, pos, attentionMask);
+        var positions = Positions(batch, pos, attentionMask, tokens.Device);
+        // One cos/sin table per forward, shared by every layer (one row per position unless a mask shifts them).
+        var rotary = Config.Positional == PositionalEmbedding.Rotary ? RotaryTables.Table(Config, positions, shared: attentionMask is null) : null;
 
-        var embed = Fire(_hookEmbed, P(_spec.Embed).IndexSelect(0, tokens.Reshape(-1)).View(batch, pos, Config.DModel));
-        var resid = embed;
+        var embedded = P(_spec.Embed).IndexSelect(0, tokens.Reshape(-1)).View(batch, pos, Config.DModel);
+        if (Config.EmbeddingScale != 1) embedded = embedded * ConstantInModelDType(Config.EmbeddingScale, embedded);
+        var resid = Fire(_hookEmbed, embedded);
         if (_spec.PosEmbed is { } posName)
         {
             var posEmbed = Fire(_hookPosEmbed, P(posName).IndexSelect(0, positions.Reshape(-1)).View(batch, pos, Config.DModel));
-            resid = embed + posEmbed;
+            resid = resid + posEmbed;
         }
 
         for (var i = 0; i < Config.NLayers; i++)
-            resid = RunBlock(i, resid, positions, attentionMask);
+            resid = RunBlock(i, resid, rotary, attentionMask);
 
-        var normed = LayerNorm(resid, _spec.LnFinal, _lnFinalScale, _lnFinalNormalized);
+        var normed = Norm(resid, _spec.LnFinal, _lnFinalScale, _lnFinalNormalized);
         // The unembedding takes the linear op whose backward skips zero gradient rows: a loss on the last
         // position leaves all but batch rows of the [batch * pos, vocab] logit gradient zero.
-        return Functional.Linear(normed, P(_spec.Unembed), _spec.UnembedBias is { } ub ? P(ub) : null, LinearWeightLayout.OutIn);
+        var logits = Functional.Linear(normed, P(_spec.Unembed), _spec.UnembedBias is { } ub ? P(ub) : null, LinearWeightLayout.OutIn);
+        return Config.FinalLogitSoftCap > 0 ? SoftCap(logits, Config.FinalLogitSoftCap) : logits;
     }
+
+    /// <summary>cap · tanh(x / cap) (Gemma 2's final-logit soft-cap).</summary>
+    private static Tensor SoftCap(Tensor x, double cap) => x.Div(cap).Tanh().Mul(cap);
+
+    /// <summary>
+    /// A constant rounded to the model's dtype, in the dtype <paramref name="like"/> computes in: HuggingFace builds Gemma's
+    /// embedding normaliser as a tensor of the hidden states' dtype, so sqrt(3072) is rounded to bfloat16 in a bfloat16 model.
+    /// </summary>
+    private Tensor ConstantInModelDType(double value, Tensor like)
+    {
+        var constant = Torch.Scalar(value, Config.DType, like.Device);
+        return constant.DType == like.DType ? constant : constant.To(like.DType);
+    }
+
+    /// <summary>The normalisation of one norm slot, by kind, with its two hook points.</summary>
+    private Tensor Norm(Tensor x, NormSpec spec, HookPoint scaleHook, HookPoint normalizedHook) => spec.Kind switch
+    {
+        NormKind.LayerNorm => LayerNorm(x, spec, scaleHook, normalizedHook),
+        NormKind.RmsNorm or NormKind.RmsNormPlusOne => RmsNorm(x, spec, scaleHook, normalizedHook),
+        _ => throw new InvalidOperationException($"unknown norm kind {spec.Kind}"),
+    };
 
     /// <summary>
     /// TransformerLens's LayerNorm: centre, scale (fires <c>hook_scale</c>), divide, apply weight and bias,
@@ -84,8 +110,41 @@ public sealed partial class TransformerBridge
         return normalizedHook.Fire(y);
     }
 
-    private Tensor Linear(Tensor x, LinearSpec spec) =>
-        Functional.Linear(x, P(spec.Weight), spec.Bias is null ? null : P(spec.Bias), spec.Layout);
+    /// <summary>
+    /// RMSNorm as TransformerLens hooks it: <c>hook_scale</c> on sqrt(mean(x²) + eps), <c>hook_normalized</c> on x / scale
+    /// (before the weight, unlike LayerNorm), then times w (or 1 + w for Gemma's stored w − 1). Half-precision inputs are
+    /// normalised in float32, as HuggingFace does, and cast back.
+    /// </summary>
+    private Tensor RmsNorm(Tensor x, NormSpec spec, HookPoint scaleHook, HookPoint normalizedHook)
+    {
+        var half = x.DType is ScalarType.Float16 or ScalarType.BFloat16;
+        var wide = half ? x.To(ScalarType.Float32) : x;
+        var scale = Fire(scaleHook, wide.Square().Mean(-1, keepDim: true).Add(Config.NormEps).Sqrt());
+        var weight = P(spec.Weight);
+        if (spec.Kind == NormKind.RmsNormPlusOne) weight = weight + 1;
+        Tensor y;
+        if (normalizedHook.HasAnyHooks)
+            y = Fire(normalizedHook, wide / scale) * (half ? weight.To(ScalarType.Float32) : weight);
+        else
+            y = TransformerOps.LayerNormApplyScale(wide, scale, half ? weight.To(ScalarType.Float32) : weight, null);  // x / scale · w in one pass
+        return half ? y.To(x.DType) : y;
+    }
+
+    /// <summary>A linear layer (a slice of a fused weight's outputs when the spec says so: a view, so gradients reach the fused leaf).</summary>
+    private Tensor Linear(Tensor x, LinearSpec spec)
+    {
+        var (w, b) = LinearParameters(spec);
+        return Functional.Linear(x, w, b, spec.Layout);
+    }
+
+    private (Tensor Weight, Tensor? Bias) LinearParameters(LinearSpec spec)
+    {
+        var w = P(spec.Weight);
+        var b = spec.Bias is null ? null : P(spec.Bias);
+        if (spec.Slice is not { } s) return (w, b);
+        var outDim = spec.Layout == LinearWeightLayout.OutIn ? 0 : 1;
+        return (w.Narrow(outDim, s.Offset, s.Length), b?.Narrow(0, s.Offset, s.Length));
+    }
 
     private Tensor Activation(Tensor x) => Config.ActFn switch
     {
@@ -96,13 +155,15 @@ public sealed partial class TransformerBridge
         _ => throw new InvalidOperationException($"unknown activation {Config.ActFn}"),
     };
 
-    private Tensor RunBlock(int i, Tensor resid, Tensor positions, Tensor? attentionMask)
+    private Tensor RunBlock(int i, Tensor resid, Tensor? rotary, Tensor? attentionMask)
     {
         var spec = _spec.Blocks[i];
         var h = _blocks[i];
         resid = Fire(h.ResidPre, resid);
 
-        var attnOut = Fire(h.AttnOut, Attention(i, resid, positions, attentionMask));
+        var attn = Attention(i, resid, rotary, attentionMask);
+        if (spec.Ln1Post is { } ln1Post) attn = Norm(attn, ln1Post, h.Ln1PostScale, h.Ln1PostNormalized);
+        var attnOut = Fire(h.AttnOut, attn);
 
         Tensor residMid, mlpSource;
         if (Config.ParallelAttnMlp)
@@ -116,69 +177,115 @@ public sealed partial class TransformerBridge
             mlpSource = residMid;
         }
         var mlpIn = Config.UseHookMlpIn ? Fire(h.MlpIn, mlpSource.Clone()) : mlpSource;
-        var normed = LayerNorm(mlpIn, spec.Ln2, h.Ln2Scale, h.Ln2Normalized);
-        var pre = Fire(h.MlpPre, Linear(normed, spec.Mlp.In));
-        var post = Fire(h.MlpPost, Activation(pre));
-        var mlpOut = Fire(h.MlpOut, Linear(post, spec.Mlp.Out));
+        var normed = Norm(mlpIn, spec.Ln2, h.Ln2Scale, h.Ln2Normalized);
+        var mlp = Mlp(spec.Mlp, h, normed);
+        if (spec.Ln2Post is { } ln2Post) mlp = Norm(mlp, ln2Post, h.Ln2PostScale, h.Ln2PostNormalized);
+        var mlpOut = Fire(h.MlpOut, mlp);
 
         var residPost = Config.ParallelAttnMlp ? resid + attnOut + mlpOut : residMid + mlpOut;
         return Fire(h.ResidPost, residPost);
     }
 
-    private Tensor Attention(int i, Tensor resid, Tensor positions, Tensor? attentionMask)
+    /// <summary>The MLP by kind: plain act(x W_in) W_out, or gated (act(x W_gate) ∘ x W_in) W_out with TransformerLens's hook_pre_linear.</summary>
+    private Tensor Mlp(MlpSpec spec, BlockHooks h, Tensor x)
+    {
+        if (spec.Kind == MlpKind.Plain)
+        {
+            var pre = Fire(h.MlpPre, Linear(x, spec.In));
+            return Linear(Fire(h.MlpPost, Activation(pre)), spec.Out);
+        }
+        var gate = Fire(h.MlpPre, Linear(x, spec.Gate!));
+        var up = Fire(h.MlpPreLinear, Linear(x, spec.In));
+        return Linear(Fire(h.MlpPost, Activation(gate) * up), spec.Out);
+    }
+
+    /// <summary>Key/value heads as the hooks see them: repeated per query head with <see cref="TransformerConfig.UngroupGroupedQueryAttention"/>.</summary>
+    private int KvHeadsAtHooks => Config.UngroupGroupedQueryAttention ? Config.NHeads : Config.NKeyValueHeads;
+
+    /// <summary>Repeats each key/value head for the query heads of its group (torch.repeat_interleave over the head dimension).</summary>
+    private Tensor Ungroup(Tensor kv)
+    {
+        var group = Config.NHeads / Config.NKeyValueHeads;
+        if (group == 1) return kv;
+        var (b, p, n, d) = (kv.Size(0), kv.Size(1), kv.Size(2), kv.Size(3));
+        return kv.Unsqueeze(3).Expand(b, p, n, group, d).Reshape(b, p, n * group, d);
+    }
+
+    private Tensor Attention(int i, Tensor resid, Tensor? rotary, Tensor? attentionMask)
     {
         var spec = _spec.Blocks[i];
         var h = _blocks[i];
+        var qkv = spec.Attention.Qkv;
         Tensor q, k, v;
         if (Config.UseSplitQkvInput || Config.UseAttnIn)
         {
             // One input per head (and per q/k/v), as TransformerLens: repeat resid_pre over heads, hook, normalise, project per head.
-            var perHead = resid.Unsqueeze(2).Expand(-1, -1, Config.NHeads, -1);
+            Tensor PerHead(int heads) => resid.Unsqueeze(2).Expand(-1, -1, heads, -1).Clone();
             Tensor qIn, kIn, vIn;
             if (Config.UseSplitQkvInput)
             {
-                qIn = Fire(h.QInput, perHead.Clone());
-                kIn = Fire(h.KInput, perHead.Clone());
-                vIn = Fire(h.VInput, perHead.Clone());
+                qIn = Fire(h.QInput, PerHead(Config.NHeads));
+                kIn = Fire(h.KInput, PerHead(KvHeadsAtHooks));
+                vIn = Fire(h.VInput, PerHead(KvHeadsAtHooks));
             }
             else
             {
-                qIn = kIn = vIn = Fire(h.AttnIn, perHead.Clone());
+                if (KvHeadsAtHooks != Config.NHeads)
+                    throw new InvalidOperationException("hook_attn_in gives one input per query head; with grouped-query attention turn on " +
+                                                        "UngroupGroupedQueryAttention or use UseSplitQkvInput instead");
+                qIn = kIn = vIn = Fire(h.AttnIn, PerHead(Config.NHeads));
             }
-            var (wq, wk, wv, bq, bk, bv) = SplitQkvWeights(spec.Attention);
-            q = Project(LayerNorm(qIn, spec.Ln1, h.Ln1Scale, h.Ln1Normalized), wq, bq);
-            k = Project(LayerNorm(kIn, spec.Ln1, h.Ln1Scale, h.Ln1Normalized), wk, bk);
-            v = Project(LayerNorm(vIn, spec.Ln1, h.Ln1Scale, h.Ln1Normalized), wv, bv);
+            var (wq, wk, wv, bq, bk, bv) = QkvWeightsPerHead(qkv);
+            if (KvHeadsAtHooks != Config.NKeyValueHeads)
+            {
+                (wk, wv) = (UngroupWeight(wk), UngroupWeight(wv));
+                (bk, bv) = (bk is null ? null : UngroupWeight(bk), bv is null ? null : UngroupWeight(bv));
+            }
+            q = Project(Norm(qIn, spec.Ln1, h.Ln1Scale, h.Ln1Normalized), wq, bq);
+            k = Project(Norm(kIn, spec.Ln1, h.Ln1Scale, h.Ln1Normalized), wk, bk);
+            v = Project(Norm(vIn, spec.Ln1, h.Ln1Scale, h.Ln1Normalized), wv, bv);
         }
         else if (h.Ln1Scale.HasAnyHooks || h.Ln1Normalized.HasAnyHooks)
         {
             // TransformerLens applies ln1 to the query, key and value inputs separately, so ln1's hooks fire
             // three times per block (q, k, v order) and a backward hook there sees each path's gradient on
-            // its own. Reproduce that whenever someone is listening; the result is the same as below. One native
-            // op projects each copy through its own part of the fused weight.
-            var qkv = spec.Attention.Qkv;
-            var xq = LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
-            var xk = LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
-            var xv = LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
-            (q, k, v) = TransformerOps.QkvProject(spec.Attention.QkvLayout, xq, xk, xv, P(qkv.Weight), qkv.Bias is null ? null : P(qkv.Bias), Config.NHeads);
+            // its own. Reproduce that whenever someone is listening; the result is the same as below.
+            var xq = Norm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
+            var xk = Norm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
+            var xv = Norm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
+            (q, k, v) = qkv switch
+            {
+                // One native op projects each copy through its own part of the fused weight.
+                FusedQkvSpec f => TransformerOps.QkvProject(f.Layout, xq, xk, xv, P(f.Linear.Weight), f.Linear.Bias is null ? null : P(f.Linear.Bias), Config.NHeads),
+                SeparateQkvSpec s => (Heads(Linear(xq, s.Q), Config.NHeads), Heads(Linear(xk, s.K), Config.NKeyValueHeads), Heads(Linear(xv, s.V), Config.NKeyValueHeads)),
+                _ => throw new InvalidOperationException($"unknown QKV spec {qkv}"),
+            };
         }
         else
         {
-            var normed = LayerNorm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
-            var qkv = spec.Attention.Qkv;
-            (q, k, v) = TransformerOps.QkvSplit(spec.Attention.QkvLayout, normed, P(qkv.Weight),
-                qkv.Bias is null ? null : P(qkv.Bias), Config.NHeads);
+            var normed = Norm(resid, spec.Ln1, h.Ln1Scale, h.Ln1Normalized);
+            (q, k, v) = qkv switch
+            {
+                FusedQkvSpec f => TransformerOps.QkvSplit(f.Layout, normed, P(f.Linear.Weight), f.Linear.Bias is null ? null : P(f.Linear.Bias), Config.NHeads),
+                SeparateQkvSpec s => (Heads(Linear(normed, s.Q), Config.NHeads), Heads(Linear(normed, s.K), Config.NKeyValueHeads), Heads(Linear(normed, s.V), Config.NKeyValueHeads)),
+                _ => throw new InvalidOperationException($"unknown QKV spec {qkv}"),
+            };
+        }
+        if (k.Size(2) != KvHeadsAtHooks)
+        {
+            k = Ungroup(k);
+            v = Ungroup(v);
         }
         q = Fire(h.Q, q);
         k = Fire(h.K, k);
         v = Fire(h.V, v);
-        if (Config.Positional == PositionalEmbedding.Rotary)
+        if (rotary is not null)
         {
-            q = Fire(h.RotQ, TransformerOps.Rotary(q, positions, Config.RotaryDim, Config.RotaryBase));
-            k = Fire(h.RotK, TransformerOps.Rotary(k, positions, Config.RotaryDim, Config.RotaryBase));
+            q = Fire(h.RotQ, TransformerOps.Rotary(q, rotary));
+            k = Fire(h.RotK, TransformerOps.Rotary(k, rotary));
         }
 
-        var scale = Config.EffectiveAttentionScale;
+        var options = Config.AttentionOptionsFor(i);
         Tensor z;
         if (h.AttnScores.HasAnyHooks || h.Pattern.HasAnyHooks)
         {
@@ -188,18 +295,18 @@ public sealed partial class TransformerBridge
             bool scoresReplaced = false, patternReplaced;
             if (h.AttnScores.HasAnyHooks)
             {
-                var scores = Fire(h.AttnScores, TransformerOps.AttentionScores(q, k, attentionMask, scale), out scoresReplaced);
+                var scores = Fire(h.AttnScores, TransformerOps.AttentionScores(q, k, attentionMask, options), out scoresReplaced);
                 pattern = Fire(h.Pattern, TransformerOps.AttentionPattern(scores), out patternReplaced);
             }
             else
             {
-                pattern = Fire(h.Pattern, TransformerOps.AttentionCausalPattern(q, k, attentionMask, scale), out patternReplaced);
+                pattern = Fire(h.Pattern, TransformerOps.AttentionCausalPattern(q, k, attentionMask, options), out patternReplaced);
             }
             z = scoresReplaced || patternReplaced ? TransformerOps.AttentionApply(pattern, v) : TransformerOps.AttentionApplyCausal(pattern, v);
         }
         else
         {
-            z = TransformerOps.Attention(q, k, v, attentionMask, scale);
+            z = TransformerOps.Attention(q, k, v, attentionMask, options);
         }
         z = Fire(h.Z, z);
 
@@ -211,8 +318,11 @@ public sealed partial class TransformerBridge
             var summed = result.Sum(2);
             return outSpec.Bias is null ? summed : summed + P(outSpec.Bias);
         }
-        return Linear(z.Reshape(z.Size(0), z.Size(1), Config.DModel), outSpec);
+        return Linear(z.Reshape(z.Size(0), z.Size(1), (long)Config.NHeads * Config.DHead), outSpec);
     }
+
+    /// <summary>[batch, pos, heads * d_head] viewed as [batch, pos, heads, d_head].</summary>
+    private Tensor Heads(Tensor x, int heads) => x.View(x.Size(0), x.Size(1), heads, Config.DHead);
 
     private Tensor Project(Tensor perHeadInput, Tensor w, Tensor? b)
     {
@@ -220,22 +330,53 @@ public sealed partial class TransformerBridge
         return b is null ? y : y + b;
     }
 
-    /// <summary>The TL-layout q/k/v weights [head, d_model, d_head] and biases [head, d_head], as views of the fused HF weight.</summary>
-    private (Tensor Wq, Tensor Wk, Tensor Wv, Tensor? Bq, Tensor? Bk, Tensor? Bv) SplitQkvWeights(AttentionSpec attention)
+    /// <summary>Repeats a per-head weight [kv_head, ...] for the query heads of each group.</summary>
+    private Tensor UngroupWeight(Tensor w)
     {
-        var w = P(attention.Qkv.Weight);
-        var b = attention.Qkv.Bias is null ? null : P(attention.Qkv.Bias);
+        var group = Config.NHeads / Config.NKeyValueHeads;
+        var shape = w.Shape;
+        var expanded = new long[shape.Length + 1];
+        expanded[0] = shape[0];
+        expanded[1] = group;
+        Array.Copy(shape, 1, expanded, 2, shape.Length - 1);
+        var merged = (long[])shape.Clone();
+        merged[0] = shape[0] * group;
+        return w.Unsqueeze(1).Expand(expanded).Reshape(merged);
+    }
+
+    /// <summary>
+    /// The TL-layout q/k/v weights [head, d_model, d_head] (k and v with the key/value heads) and biases [head, d_head], as
+    /// views of the HF weights.
+    /// </summary>
+    private (Tensor Wq, Tensor Wk, Tensor Wv, Tensor? Bq, Tensor? Bk, Tensor? Bv) QkvWeightsPerHead(QkvSpec qkv)
+    {
         long nh = Config.NHeads, dh = Config.DHead, m = Config.DModel;
-        Tensor[] ws, bs;
-        if (attention.QkvLayout == QkvLayout.PartMajorInOut)
+        if (qkv is SeparateQkvSpec s)
         {
-            ws = w.View(m, 3, nh, dh).Permute(1, 2, 0, 3).Split(1, 0);   // [3][1, h, m, d]
-            bs = b?.View(3, nh, dh).Split(1, 0) ?? [];
+            (Tensor W, Tensor? B) PerHead(LinearSpec spec, long heads)
+            {
+                var (w, b) = LinearParameters(spec);
+                var inOut = spec.Layout == LinearWeightLayout.InOut ? w : w.Transpose(0, 1);     // [d_model, heads * d_head]
+                return (inOut.View(m, heads, dh).Permute(1, 0, 2), b?.View(heads, dh));
+            }
+            var (q, bq) = PerHead(s.Q, nh);
+            var (k, bk) = PerHead(s.K, Config.NKeyValueHeads);
+            var (v, bv) = PerHead(s.V, Config.NKeyValueHeads);
+            return (q, k, v, bq, bk, bv);
+        }
+        var f = (FusedQkvSpec)qkv;
+        var fw = P(f.Linear.Weight);
+        var fb = f.Linear.Bias is null ? null : P(f.Linear.Bias);
+        Tensor[] ws, bs;
+        if (f.Layout == QkvLayout.PartMajorInOut)
+        {
+            ws = fw.View(m, 3, nh, dh).Permute(1, 2, 0, 3).Split(1, 0);   // [3][1, h, m, d]
+            bs = fb?.View(3, nh, dh).Split(1, 0) ?? [];
         }
         else
         {
-            ws = w.View(nh, 3, dh, m).Permute(1, 0, 3, 2).Split(1, 0);
-            bs = b?.View(nh, 3, dh).Permute(1, 0, 2).Split(1, 0) ?? [];
+            ws = fw.View(nh, 3, dh, m).Permute(1, 0, 3, 2).Split(1, 0);
+            bs = fb?.View(nh, 3, dh).Permute(1, 0, 2).Split(1, 0) ?? [];
         }
         Tensor? Bias(int j) => bs.Length == 0 ? null : bs[j].Squeeze(0);
         return (ws[0].Squeeze(0), ws[1].Squeeze(0), ws[2].Squeeze(0), Bias(0), Bias(1), Bias(2));
@@ -244,7 +385,7 @@ public sealed partial class TransformerBridge
     /// <summary>The output projection as [head, d_head, d_model], a view of the HF weight.</summary>
     private Tensor OutputWeightPerHead(LinearSpec spec)
     {
-        var w = P(spec.Weight);
+        var (w, _) = LinearParameters(spec);
         var inOut = spec.Layout == LinearWeightLayout.InOut ? w : w.Transpose(0, 1);  // [head * d_head, d_model]
         return inOut.View(Config.NHeads, Config.DHead, Config.DModel);
     }

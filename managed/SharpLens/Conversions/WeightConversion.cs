@@ -27,6 +27,18 @@ public abstract record WeightConversion
     /// <summary>Selects one index along a dimension, which disappears.</summary>
     public static WeightConversion Select(int dim, int index) => new SelectConversion(dim, index);
 
+    /// <summary>Entries [<paramref name="start"/>, start + <paramref name="length"/>) along <paramref name="dim"/> (a view; e.g. one part of a fused weight).</summary>
+    public static WeightConversion Narrow(int dim, long start, long length) => new NarrowConversion(dim, start, length);
+
+    /// <summary>
+    /// Times a constant rounded to the weight's dtype, as HuggingFace rounds Gemma's embedding normaliser (a computed tensor,
+    /// not a view: it reflects the weights at the time it is made).
+    /// </summary>
+    public static WeightConversion Scale(double factor) => new ScaleConversion(factor);
+
+    /// <summary>Plus a constant (Gemma's norm weights are stored as w − 1; TransformerLens holds 1 + w). A computed tensor, not a view.</summary>
+    public static WeightConversion AddScalar(double value) => new AddScalarConversion(value);
+
     /// <summary>Applies conversions in order.</summary>
     public static WeightConversion Chain(params WeightConversion[] steps) => new ChainConversion(steps);
 
@@ -48,6 +60,36 @@ public abstract record WeightConversion
         }
 
         public override string Describe() => $"split(dim {Dim}, part {Index} of {Parts})";
+    }
+
+    private sealed record NarrowConversion(int Dim, long Start, long Length) : WeightConversion
+    {
+        public override Tensor Apply(Tensor source)
+        {
+            var size = source.Size(Dim);
+            if (Start < 0 || Length < 1 || Start + Length > size)
+                throw new InvalidOperationException($"cannot take [{Start}, {Start + Length}) of dimension {Dim} of size {size}");
+            return source.Narrow(Dim, Start, Length);
+        }
+
+        public override string Describe() => $"narrow(dim {Dim}, {Start}..{Start + Length})";
+    }
+
+    private sealed record ScaleConversion(double Factor) : WeightConversion
+    {
+        public override Tensor Apply(Tensor source)
+        {
+            using var factor = Torch.Scalar(Factor, source.DType, source.Device);
+            return source * factor;
+        }
+
+        public override string Describe() => $"times {Factor:R} (in the weight's dtype)";
+    }
+
+    private sealed record AddScalarConversion(double Value) : WeightConversion
+    {
+        public override Tensor Apply(Tensor source) => source + Value;
+        public override string Describe() => $"plus {Value:R}";
     }
 
     private sealed record SelectConversion(int Dim, int Index) : WeightConversion

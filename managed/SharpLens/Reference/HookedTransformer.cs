@@ -1,3 +1,4 @@
+using SharpLens.Components;
 using SharpLens.Reference;
 
 namespace SharpLens;
@@ -27,6 +28,28 @@ public sealed class HookedTransformer : HookedModel
     /// <summary>True when W_U is the transposed W_E leaf rather than a weight of its own.</summary>
     public bool TiedEmbeddings { get; }
 
+    /// <summary>
+    /// True when the tied leaf holds the unscaled embedding that both W_E (= leaf × embedding scale, TransformerLens's
+    /// pre-scaled Gemma W_E) and W_U (= leafᵀ) derive from: an optimizer then steps the same variable as HuggingFace's.
+    /// </summary>
+    private bool ScaledTiedLeaf => TiedEmbeddings && Config.EmbeddingScale != 1;
+
+    /// <summary>The embedding scale rounded to the weights' dtype (as HuggingFace rounds Gemma's normaliser).</summary>
+    private Tensor EmbeddingScaleTensor(Tensor like) => Torch.Scalar(Config.EmbeddingScale, like.DType, like.Device);
+
+    /// <summary>
+    /// The gradient of the last backward w.r.t. TransformerLens weight <paramref name="tlName"/> when that weight is a leaf here
+    /// (null otherwise: a tied W_U's share is in W_E's leaf). For the unscaled tied leaf (see <see cref="NamedParameters"/>),
+    /// the gradient is expressed in W_E's units (divided by the embedding scale), so it maps back through W_E's conversion.
+    /// </summary>
+    public Tensor? LeafGradient(string tlName)
+    {
+        if (TiedEmbeddings && tlName == "unembed.W_U") return null;
+        var leaf = NamedParameters().FirstOrDefault(p => p.Name == tlName).Parameter;
+        if (leaf?.Grad is not { } grad) return null;
+        return ScaledTiedLeaf && tlName == "embed.W_E" ? grad / EmbeddingScaleTensor(grad) : grad;
+    }
+
     /// <summary>A copy of a bridge's TL weights as independent leaves (float64 processing, then back to the bridge's dtype).</summary>
     public static HookedTransformer FromBridge(TransformerBridge bridge, WeightProcessing? processing = null)
     {
@@ -45,6 +68,14 @@ public sealed class HookedTransformer : HookedModel
             }
             Process(weights, bridge.Config, processing);
         }
+        // A tied embedding that TransformerLens pre-scales (Gemma): keep the unscaled HF leaf (see ScaledTiedLeaf).
+        if (bridge.Config.TiedEmbeddings && !processing.Any && bridge.Config.EmbeddingScale != 1)
+            using (Torch.NoGrad())
+            {
+                var raw = bridge.Parameter(bridge.Adapter.Describe(bridge.Config).Embed).To(ScalarType.Float64, copy: true).DetachFromScope();
+                weights["embed.W_E"].Dispose();
+                weights["embed.W_E"] = raw;
+            }
         var dtype = bridge.Parameters()[0].DType;
         var device = bridge.Parameters()[0].Device;
         foreach (var name in weights.Keys.ToList())
@@ -77,13 +108,21 @@ public sealed class HookedTransformer : HookedModel
     /// <summary>The trainable leaf weights (see <see cref="NamedParameters"/>).</summary>
     public IReadOnlyList<Tensor> Parameters() => NamedParameters().Select(p => p.Parameter).ToList();
 
-    /// <summary>Every stored weight by TransformerLens name, buffers included (TransformerLens's state dict).</summary>
+    /// <summary>Every stored weight by TransformerLens name, buffers included (TransformerLens's state dict; a scaled tied embedding is the unscaled leaf).</summary>
     public IReadOnlyList<(string Name, Tensor Weight)> NamedWeights() => ThrowIfDisposed(_weights).Select(p => (p.Key, p.Value)).ToList();
 
-    /// <summary>One weight by TransformerLens name (with tied embeddings, <c>unembed.W_U</c> is a transposed view of <c>embed.W_E</c>; dispose it).</summary>
+    /// <summary>
+    /// One weight by TransformerLens name. With tied embeddings <c>unembed.W_U</c> is a transposed view of the embedding leaf,
+    /// and with a scaled tied embedding <c>embed.W_E</c> is computed from it (leaf × scale); dispose those.
+    /// </summary>
     public Tensor W(string name)
     {
         ThrowIfDisposed();
+        if (ScaledTiedLeaf && name == "embed.W_E")
+        {
+            var leaf = _weights["embed.W_E"];
+            return leaf * EmbeddingScaleTensor(leaf);
+        }
         if (_weights.TryGetValue(name, out var t)) return t;
         if (TiedEmbeddings && name == "unembed.W_U") return _weights["embed.W_E"].Transpose(0, 1);
         throw new KeyNotFoundException($"the HookedTransformer has no weight '{name}'");
@@ -100,35 +139,46 @@ public sealed class HookedTransformer : HookedModel
         old.Dispose();
     }
 
+    /// <summary>The names of a block's key and value weights: <c>_W_K</c>/<c>_b_K</c> with grouped-query attention, as TransformerLens stores them.</summary>
+    private static string Kv(TransformerConfig cfg, string name) => cfg.IsGroupedQueryAttention ? "_" + name : name;
+
     private static void Process(Dictionary<string, Tensor> w, TransformerConfig cfg, WeightProcessing p)
     {
         using var scope = Torch.NewScope();
+        var layerNorm = cfg.Norm == NormKind.LayerNorm;
         if (p.FoldLn)
         {
+            // Each norm's weight (and LayerNorm's bias) moves into the layers that read the norm's output. LayerNorm's output
+            // is centred, so TransformerLens also centres the folded weights over d_model; RMSNorm's is not, so it does not.
+            void Fold(string ln, IEnumerable<(string Weight, string Bias, int ModelDim)> readers)
+            {
+                var lnW = w[ln + ".w"];
+                var lnB = layerNorm ? w[ln + ".b"] : null;
+                foreach (var (weightName, biasName, dim) in readers)
+                {
+                    var weight = w[weightName];
+                    var shape = Enumerable.Repeat(1L, weight.Dim).ToArray();
+                    shape[dim] = -1;
+                    if (lnB is not null) Replace(w, biasName, w[biasName] + (weight * lnB.View(shape)).Sum(dim));
+                    var scaled = weight * lnW.View(shape);
+                    Replace(w, weightName, layerNorm ? scaled - scaled.Mean(dim, keepDim: true) : scaled);
+                }
+                w.Remove(ln + ".w", out var tw).Then(tw);
+                if (layerNorm) w.Remove(ln + ".b", out var tb).Then(tb);
+            }
             for (var l = 0; l < cfg.NLayers; l++)
             {
                 var pre = $"blocks.{l}.";
-                var (lnW, lnB) = (w[pre + "ln1.w"], w[pre + "ln1.b"]);
-                foreach (var x in new[] { "Q", "K", "V" })
-                {
-                    var weight = w[pre + $"attn.W_{x}"];                                   // [head, d_model, d_head]
-                    Replace(w, pre + $"attn.b_{x}", w[pre + $"attn.b_{x}"] + (weight * lnB.View(1, -1, 1)).Sum(-2));
-                    var scaled = weight * lnW.View(1, -1, 1);
-                    Replace(w, pre + $"attn.W_{x}", scaled - scaled.Mean(-2, keepDim: true));
-                }
-                var (ln2W, ln2B, wIn) = (w[pre + "ln2.w"], w[pre + "ln2.b"], w[pre + "mlp.W_in"]);  // W_in [d_model, d_mlp]
-                Replace(w, pre + "mlp.b_in", w[pre + "mlp.b_in"] + (wIn * ln2B.View(-1, 1)).Sum(-2));
-                var scaledIn = wIn * ln2W.View(-1, 1);
-                Replace(w, pre + "mlp.W_in", scaledIn - scaledIn.Mean(-2, keepDim: true));
-                foreach (var n in new[] { "ln1.w", "ln1.b", "ln2.w", "ln2.b" }) w.Remove(pre + n, out var t).Then(t);
+                Fold(pre + "ln1", [(pre + "attn.W_Q", pre + "attn.b_Q", 1), (pre + "attn." + Kv(cfg, "W_K"), pre + "attn." + Kv(cfg, "b_K"), 1),
+                    (pre + "attn." + Kv(cfg, "W_V"), pre + "attn." + Kv(cfg, "b_V"), 1)]);
+                var mlpReaders = new List<(string, string, int)> { (pre + "mlp.W_in", pre + "mlp.b_in", 0) };
+                if (w.ContainsKey(pre + "mlp.W_gate")) mlpReaders.Add((pre + "mlp.W_gate", pre + "mlp.b_gate", 0));
+                Fold(pre + "ln2", mlpReaders);
             }
-            var (lnfW, lnfB, wU) = (w["ln_final.w"], w["ln_final.b"], w["unembed.W_U"]);  // W_U [d_model, vocab]
-            Replace(w, "unembed.b_U", w["unembed.b_U"] + (wU * lnfB.View(-1, 1)).Sum(-2));
-            var scaledU = wU * lnfW.View(-1, 1);
-            Replace(w, "unembed.W_U", scaledU - scaledU.Mean(-2, keepDim: true));
-            foreach (var n in new[] { "ln_final.w", "ln_final.b" }) w.Remove(n, out var t).Then(t);
+            Fold("ln_final", [("unembed.W_U", "unembed.b_U", 0)]);
         }
-        if (p.CenterWritingWeights)
+        // TransformerLens centres writing weights only for LayerNorm models: RMSNorm does not remove the mean.
+        if (p.CenterWritingWeights && layerNorm)
         {
             Replace(w, "embed.W_E", w["embed.W_E"] - w["embed.W_E"].Mean(-1, keepDim: true));
             if (w.ContainsKey("pos_embed.W_pos")) Replace(w, "pos_embed.W_pos", w["pos_embed.W_pos"] - w["pos_embed.W_pos"].Mean(-1, keepDim: true));
@@ -151,11 +201,28 @@ public sealed class HookedTransformer : HookedModel
             for (var l = 0; l < cfg.NLayers; l++)
             {
                 var pre = $"blocks.{l}.";
-                var folded = Torch.Einsum("hd,hdm->m", w[pre + "attn.b_V"], w[pre + "attn.W_O"]);
+                var bV = pre + "attn." + Kv(cfg, "b_V");
+                var perQueryHead = RepeatKvHeads(w[bV], cfg);                                   // [head, d_head]
+                var folded = Torch.Einsum("hd,hdm->m", perQueryHead, w[pre + "attn.W_O"]);
                 Replace(w, pre + "attn.b_O", w[pre + "attn.b_O"] + folded);
-                Replace(w, pre + "attn.b_V", w[pre + "attn.b_V"] * 0);
+                Replace(w, bV, w[bV] * 0);
             }
         }
+    }
+
+    /// <summary>Repeats each key/value head's rows for the query heads of its group (torch.repeat_interleave along dim 0).</summary>
+    private static Tensor RepeatKvHeads(Tensor perKvHead, TransformerConfig cfg)
+    {
+        var group = cfg.NHeads / cfg.NKeyValueHeads;
+        if (group == 1) return perKvHead;
+        var shape = perKvHead.Shape;
+        var expanded = new long[shape.Length + 1];
+        expanded[0] = shape[0];
+        expanded[1] = group;
+        Array.Copy(shape, 1, expanded, 2, shape.Length - 1);
+        var merged = (long[])shape.Clone();
+        merged[0] *= group;
+        return perKvHead.Unsqueeze(1).Expand(expanded).Reshape(merged);
     }
 
     // ------------------------------------------------------------------ forward
@@ -166,32 +233,49 @@ public sealed class HookedTransformer : HookedModel
         ValidateInputs(tokens, attentionMask);
         if (Config.UseHookTokens) tokens = _hookTokens.Fire(tokens);
         var (batch, pos) = (tokens.Size(0), tokens.Size(1));
-        var positions = Positions(batch, pos, attentionMask);
+        var positions = Positions(batch, pos, attentionMask, tokens.Device);
         var resid = _hookEmbed.Fire(W("embed.W_E").IndexSelect(0, tokens.Reshape(-1)).View(batch, pos, Config.DModel));
         if (Config.Positional == PositionalEmbedding.Learned)
             resid = resid + _hookPosEmbed.Fire(W("pos_embed.W_pos").IndexSelect(0, positions.Reshape(-1)).View(batch, pos, Config.DModel));
-        var mask = AttentionMask(pos, attentionMask);
-        for (var l = 0; l < Config.NLayers; l++) resid = Block(l, resid, positions, mask);
+        for (var l = 0; l < Config.NLayers; l++) resid = Block(l, resid, positions, AttentionMask(pos, attentionMask, Config.WindowFor(l), tokens.Device));
         var normed = Norm(resid, "ln_final", _lnFinalScale, _lnFinalNormalized);
-        return Torch.Einsum("bpm,mv->bpv", normed, W("unembed.W_U")) + W("unembed.b_U");
+        var logits = Torch.Einsum("bpm,mv->bpv", normed, W("unembed.W_U")) + W("unembed.b_U");
+        var cap = Config.FinalLogitSoftCap;
+        return cap > 0 ? (logits / cap).Tanh() * cap : logits;
     }
 
-    /// <summary>True where a query may not attend: the future, and padded keys. [batch or 1, 1, q, k].</summary>
-    private static Tensor AttentionMask(long pos, Tensor? attentionMask)
+    /// <summary>
+    /// True where a query may not attend: the future, keys at or beyond <paramref name="window"/> positions back (when
+    /// positive, as HuggingFace's and TransformerLens's local attention), and padded keys. [batch or 1, 1, q, k].
+    /// </summary>
+    private static Tensor AttentionMask(long pos, Tensor? attentionMask, int window, Device device)
     {
-        var future = Torch.Arange(pos).Unsqueeze(1).Lt(Torch.Arange(pos).Unsqueeze(0)).View(1, 1, pos, pos);
-        if (attentionMask is null) return future;
-        return future.LogicalOr(attentionMask.Eq(0).View(attentionMask.Size(0), 1, 1, pos));
+        var query = Torch.Arange(0, pos, 1, ScalarType.Int64, device).Unsqueeze(1);
+        var key = Torch.Arange(0, pos, 1, ScalarType.Int64, device).Unsqueeze(0);
+        var hidden = query.Lt(key);
+        if (window > 0) hidden = hidden.LogicalOr((query - key).Ge(window));
+        hidden = hidden.View(1, 1, pos, pos);
+        if (attentionMask is null) return hidden;
+        return hidden.LogicalOr(attentionMask.Eq(0).View(attentionMask.Size(0), 1, 1, pos));
     }
 
-    /// <summary>TransformerLens's LayerNorm (or LayerNormPre once folded): hook_normalized fires on the output.</summary>
+    /// <summary>
+    /// TransformerLens's norms: LayerNorm (or LayerNormPre once folded) fires hook_normalized on the affine output; RMSNorm
+    /// (or RMSNormPre) on x / scale, before the weight.
+    /// </summary>
     private Tensor Norm(Tensor x, string prefix, HookPoint scaleHook, HookPoint normalizedHook)
     {
-        var centred = x - x.Mean(-1, keepDim: true);
-        var scale = scaleHook.Fire((centred.Pow(2).Mean(-1, keepDim: true) + Config.NormEps).Sqrt());
-        var y = centred / scale;
-        if (HasWeight(prefix + ".w")) y = y * W(prefix + ".w") + W(prefix + ".b");
-        return normalizedHook.Fire(y);
+        if (Config.Norm == NormKind.LayerNorm)
+        {
+            var centred = x - x.Mean(-1, keepDim: true);
+            var scale = scaleHook.Fire((centred.Pow(2).Mean(-1, keepDim: true) + Config.NormEps).Sqrt());
+            var y = centred / scale;
+            if (HasWeight(prefix + ".w")) y = y * W(prefix + ".w") + W(prefix + ".b");
+            return normalizedHook.Fire(y);
+        }
+        var rms = scaleHook.Fire((x.Pow(2).Mean(-1, keepDim: true) + Config.NormEps).Sqrt());
+        var normalized = normalizedHook.Fire(x / rms);
+        return HasWeight(prefix + ".w") ? normalized * W(prefix + ".w") : normalized;
     }
 
     private Tensor Block(int l, Tensor resid, Tensor positions, Tensor mask)
@@ -199,20 +283,22 @@ public sealed class HookedTransformer : HookedModel
         var h = _blocks[l];
         var pre = $"blocks.{l}.";
         resid = h.ResidPre.Fire(resid);
+        var ungroup = Config.UngroupGroupedQueryAttention;
+        var kvHeadsAtHooks = ungroup ? Config.NHeads : Config.NKeyValueHeads;
 
         Tensor qIn, kIn, vIn;
         if (Config.UseSplitQkvInput || Config.UseAttnIn)
         {
-            var perHead = resid.Unsqueeze(2).Expand(-1, -1, Config.NHeads, -1);
+            Tensor PerHead(int heads) => resid.Unsqueeze(2).Expand(-1, -1, heads, -1).Clone();
             if (Config.UseSplitQkvInput)
             {
-                qIn = h.QInput.Fire(perHead.Clone());
-                kIn = h.KInput.Fire(perHead.Clone());
-                vIn = h.VInput.Fire(perHead.Clone());
+                qIn = h.QInput.Fire(PerHead(Config.NHeads));
+                kIn = h.KInput.Fire(PerHead(kvHeadsAtHooks));
+                vIn = h.VInput.Fire(PerHead(kvHeadsAtHooks));
             }
             else
             {
-                qIn = kIn = vIn = h.AttnIn.Fire(perHead.Clone());
+                qIn = kIn = vIn = h.AttnIn.Fire(PerHead(Config.NHeads));
             }
         }
         else
@@ -223,23 +309,34 @@ public sealed class HookedTransformer : HookedModel
         var xq = Norm(qIn, pre + "ln1", h.Ln1Scale, h.Ln1Normalized);
         var xk = Norm(kIn, pre + "ln1", h.Ln1Scale, h.Ln1Normalized);
         var xv = Norm(vIn, pre + "ln1", h.Ln1Scale, h.Ln1Normalized);
-        var equation = xq.Dim == 4 ? "bphm,hmd->bphd" : "bpm,hmd->bphd";
-        var q = h.Q.Fire(Torch.Einsum(equation, xq, W(pre + "attn.W_Q")) + W(pre + "attn.b_Q"));
-        var k = h.K.Fire(Torch.Einsum(equation, xk, W(pre + "attn.W_K")) + W(pre + "attn.b_K"));
-        var v = h.V.Fire(Torch.Einsum(equation, xv, W(pre + "attn.W_V")) + W(pre + "attn.b_V"));
+        Tensor KvWeight(string name) => ungroup ? RepeatKvHeads(W(pre + "attn." + Kv(Config, name)), Config) : W(pre + "attn." + Kv(Config, name));
+        Tensor Linear(Tensor x, Tensor weight, Tensor bias) => Torch.Einsum(x.Dim == 4 ? "bphm,hmd->bphd" : "bpm,hmd->bphd", x, weight) + bias;
+        var q = h.Q.Fire(Linear(xq, W(pre + "attn.W_Q"), W(pre + "attn.b_Q")));
+        var k = h.K.Fire(Linear(xk, KvWeight("W_K"), KvWeight("b_K")));
+        var v = h.V.Fire(Linear(xv, KvWeight("W_V"), KvWeight("b_V")));
         if (Config.Positional == PositionalEmbedding.Rotary)
         {
             q = h.RotQ.Fire(ApplyRotary(q, positions));
             k = h.RotK.Fire(ApplyRotary(k, positions));
         }
-        var scores = h.AttnScores.Fire((Torch.Einsum("bqhd,bkhd->bhqk", q, k) * Config.EffectiveAttentionScale).MaskedFill(mask, double.NegativeInfinity));
+        // Grouped-query attention: each key/value head serves its group of query heads.
+        if (k.Size(2) != Config.NHeads)
+        {
+            k = RepeatKvHeads(k.Transpose(0, 2), Config).Transpose(0, 2);
+            v = RepeatKvHeads(v.Transpose(0, 2), Config).Transpose(0, 2);
+        }
+        var scores = Torch.Einsum("bqhd,bkhd->bhqk", q, k) * Config.EffectiveAttentionScale;
+        if (Config.AttentionSoftCap > 0) scores = (scores / Config.AttentionSoftCap).Tanh() * Config.AttentionSoftCap;
+        scores = h.AttnScores.Fire(scores.MaskedFill(mask, double.NegativeInfinity));
         var computeType = scores.DType is ScalarType.Float16 or ScalarType.BFloat16 ? ScalarType.Float32 : scores.DType;
         var softmax = scores.Softmax(-1, computeType);
-        var pattern = h.Pattern.Fire(Torch.Where(softmax.IsNan(), Torch.Zeros([], softmax.DType), softmax).To(v.DType));
+        var pattern = h.Pattern.Fire(Torch.Where(softmax.IsNan(), Torch.Zeros([], softmax.DType, softmax.Device), softmax).To(v.DType));
         var z = h.Z.Fire(Torch.Einsum("bkhd,bhqk->bqhd", v, pattern));
         var result = Torch.Einsum("bqhd,hdm->bqhm", z, W(pre + "attn.W_O"));
         if (Config.UseAttnResult) result = h.Result.Fire(result);
-        var attnOut = h.AttnOut.Fire(result.Sum(2) + W(pre + "attn.b_O"));
+        var attn = result.Sum(2) + W(pre + "attn.b_O");
+        if (Config.UsePostNorms) attn = Norm(attn, pre + "ln1_post", h.Ln1PostScale, h.Ln1PostNormalized);
+        var attnOut = h.AttnOut.Fire(attn);
 
         Tensor mlpSource, residMid;
         if (Config.ParallelAttnMlp)
@@ -252,30 +349,51 @@ public sealed class HookedTransformer : HookedModel
         }
         if (Config.UseHookMlpIn) mlpSource = h.MlpIn.Fire(mlpSource.Clone());
         var x = Norm(mlpSource, pre + "ln2", h.Ln2Scale, h.Ln2Normalized);
-        var preAct = h.MlpPre.Fire(Torch.Einsum("bpm,mf->bpf", x, W(pre + "mlp.W_in")) + W(pre + "mlp.b_in"));
-        var post = h.MlpPost.Fire(Config.ActFn switch
+        Tensor post;
+        if (Config.Mlp == MlpKind.Gated)
         {
-            ActivationFunction.Gelu => preAct.Gelu(),
-            ActivationFunction.GeluNew => GeluNew(preAct),
-            ActivationFunction.Relu => preAct.Relu(),
-            _ => preAct * preAct.Sigmoid(),
-        });
-        var mlpOut = h.MlpOut.Fire(Torch.Einsum("bpf,fm->bpm", post, W(pre + "mlp.W_out")) + W(pre + "mlp.b_out"));
+            // HuggingFace's gated MLP: act(x W_gate + b_gate) ∘ (x W_in + b_in). (TransformerLens adds b_in after the product;
+            // the two agree for every checkpoint TransformerLens loads, whose b_in is zero.)
+            var gate = Torch.Einsum("bpm,mf->bpf", x, W(pre + "mlp.W_gate"));
+            if (HasWeight(pre + "mlp.b_gate")) gate = gate + W(pre + "mlp.b_gate");
+            var preAct = h.MlpPre.Fire(gate);
+            var preLinear = h.MlpPreLinear.Fire(Torch.Einsum("bpm,mf->bpf", x, W(pre + "mlp.W_in")) + W(pre + "mlp.b_in"));
+            post = h.MlpPost.Fire(Activate(preAct) * preLinear);
+        }
+        else
+        {
+            var preAct = h.MlpPre.Fire(Torch.Einsum("bpm,mf->bpf", x, W(pre + "mlp.W_in")) + W(pre + "mlp.b_in"));
+            post = h.MlpPost.Fire(Activate(preAct));
+        }
+        var mlp = Torch.Einsum("bpf,fm->bpm", post, W(pre + "mlp.W_out")) + W(pre + "mlp.b_out");
+        if (Config.UsePostNorms) mlp = Norm(mlp, pre + "ln2_post", h.Ln2PostScale, h.Ln2PostNormalized);
+        var mlpOut = h.MlpOut.Fire(mlp);
         return h.ResidPost.Fire(Config.ParallelAttnMlp ? resid + attnOut + mlpOut : residMid + mlpOut);
     }
+
+    private Tensor Activate(Tensor x) => Config.ActFn switch
+    {
+        ActivationFunction.Gelu => x.Gelu(),
+        ActivationFunction.GeluNew => GeluNew(x),
+        ActivationFunction.Relu => x.Relu(),
+        _ => x * x.Sigmoid(),
+    };
 
     /// <summary>GPT-2's gelu_new written out: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).</summary>
     private static Tensor GeluNew(Tensor x) => 0.5 * x * (1.0 + (Math.Sqrt(2.0 / Math.PI) * (x + 0.044715 * x.Pow(3))).Tanh());
 
-    /// <summary>Rotate-half rotary embeddings from sin/cos tables built here, at the given positions.</summary>
+    /// <summary>
+    /// Rotate-half rotary embeddings written out (narrow, negate, concatenate, multiply, add) from the model's angle table
+    /// (<see cref="RotaryTables"/>: the frequencies are part of what the config means, shared with the bridge).
+    /// </summary>
     private Tensor ApplyRotary(Tensor x, Tensor positions)
     {
-        var rot = Config.RotaryDim;
-        var half = rot / 2;
-        var freqs = Enumerable.Range(0, half).Select(i => Math.Pow(Config.RotaryBase, -2.0 * i / rot)).ToArray();
-        var angles = positions.To(ScalarType.Float64).Unsqueeze(-1) * Torch.FromArray(freqs);   // [b, p, half]
-        var both = Torch.Cat([angles, angles], -1).Unsqueeze(2);                                 // [b, p, 1, rot]
-        var (cos, sin) = (both.Cos().To(x.DType), both.Sin().To(x.DType));
+        var (batch, pos) = (positions.Size(0), positions.Size(1));
+        var table = RotaryTables.Table(Config, positions, shared: false).View(batch, pos, 1, 2, -1);  // [b, p, 1, 2, half]
+        var half = table.Size(4);
+        var rot = 2 * half;
+        var (c, s) = (table.Select(3, 0).To(x.DType), table.Select(3, 1).To(x.DType));
+        var (cos, sin) = (Torch.Cat([c, c], -1), Torch.Cat([s, s], -1));
         var xr = x.Narrow(3, 0, rot);
         var rotated = Torch.Cat([-xr.Narrow(3, half, half), xr.Narrow(3, 0, half)], 3);
         var applied = xr * cos + rotated * sin;
