@@ -121,13 +121,13 @@ internal static class CacheCommand
                 Func<Tensor, Tensor>? objective = s.Backward switch
                 {
                     null => null,
-                    "loss" => l => TransformerBridge.LossFromLogits(l, batch.Tokens, batch.AttentionMask),
+                    "loss" => l => bridge.LossOf(l, batch.Tokens, batch.AttentionMask),
                     _ => l => l.Select(1, -1).Sum(),
                 };
                 // With an objective, the bridge backpropagates it and caches each reached hook's gradient as <hook>_grad.
                 (logits, cache) = bridge.RunWithCache(batch.Tokens, filter is null ? null : filter.IsMatch, batch.AttentionMask, objective);
             }
-            using (Torch.NoGrad()) loss = TransformerBridge.LossFromLogits(logits, batch.Tokens, batch.AttentionMask);
+            using (Torch.NoGrad()) loss = bridge.LossOf(logits, batch.Tokens, batch.AttentionMask);
             using (cache)
             {
                 var gradients = cache.Keys.Where(k => IsGradient(bridge, k)).ToHashSet();

@@ -21,12 +21,12 @@ public enum QkvLayout
 public readonly record struct AttentionOptions
 {
     /// <summary>Options with the given scale, no soft-cap and no window.</summary>
-    public AttentionOptions(double scale, double softCap = 0, long window = 0)
+    public AttentionOptions(double scale, double softCap = 0, long window = 0, bool softmaxInFloat32 = false)
     {
         Scale = scale;
         SoftCap = softCap;
         Window = window;
-        Reserved = 0;
+        Flags = softmaxInFloat32 ? 1 : 0;
     }
 
     /// <summary>Multiplies q·k (finite).</summary>
@@ -35,7 +35,17 @@ public readonly record struct AttentionOptions
     public double SoftCap { get; init; }
     /// <summary>0 for plain causal attention; otherwise a sliding window of this many keys, the query's own included.</summary>
     public long Window { get; init; }
-    private long Reserved { get; init; }
+    private long Flags { get; init; }
+
+    /// <summary>
+    /// The softmax in float32 even for float64 scores, cast back: what HuggingFace's eager attention does for the Llama family,
+    /// so float64 runs reproduce its float64 numbers (float64 inputs then take the composition).
+    /// </summary>
+    public bool SoftmaxInFloat32
+    {
+        get => (Flags & 1) != 0;
+        init => Flags = value ? Flags | 1 : Flags & ~1L;
+    }
 }
 
 /// <summary>Which attention implementation <see cref="TransformerOps.Attention(Tensor, Tensor, Tensor, Tensor?, double, AttentionImplementation)"/> runs.</summary>
@@ -94,7 +104,11 @@ public static class TransformerOps
         Tensor.Wrap(NativeMethods.sl_attention_scores(q.Handle, k.Handle, Tensor.HandleOrNull(keyMask), options, out var r), r);
 
     /// <summary>Softmax over keys in at least float32, cast back to the scores' dtype; fully masked rows give 0.</summary>
-    public static Tensor AttentionPattern(Tensor scores) => Tensor.Wrap(NativeMethods.sl_attention_pattern(scores.Handle, out var r), r);
+    public static Tensor AttentionPattern(Tensor scores) => AttentionPattern(scores, new AttentionOptions(1));
+
+    /// <summary>As <see cref="AttentionPattern(Tensor)"/>, in exactly float32 with <see cref="AttentionOptions.SoftmaxInFloat32"/> (other options are not used).</summary>
+    public static Tensor AttentionPattern(Tensor scores, in AttentionOptions options) =>
+        Tensor.Wrap(NativeMethods.sl_attention_pattern(scores.Handle, options, out var r), r);
 
     /// <summary>Weighted values: pattern [batch, head, q, k] and v [batch, k, head, d_head] give z [batch, q, head, d_head].</summary>
     public static Tensor AttentionApply(Tensor pattern, Tensor v) => Tensor.Wrap(NativeMethods.sl_attention_apply(pattern.Handle, v.Handle, out var r), r);

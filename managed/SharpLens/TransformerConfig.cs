@@ -128,8 +128,17 @@ public sealed class TransformerConfig
     /// <summary>The sliding window of one layer (0 for global attention).</summary>
     public int WindowFor(int layer) => LayerWindows is { } w ? w[layer] : 0;
 
-    /// <summary>The attention options of one layer: scale, soft-cap and window.</summary>
-    public AttentionOptions AttentionOptionsFor(int layer) => new(EffectiveAttentionScale, AttentionSoftCap, WindowFor(layer));
+    /// <summary>The attention options of one layer: scale, soft-cap, window, and the float32 softmax of <see cref="Float32Islands"/>.</summary>
+    public AttentionOptions AttentionOptionsFor(int layer) => new(EffectiveAttentionScale, AttentionSoftCap, WindowFor(layer), Float32Islands);
+
+    /// <summary>
+    /// HuggingFace's Llama-family code computes RMSNorm, the attention softmax and the rotary angles in float32 whatever the
+    /// model's dtype (it casts a float64 model's activations down there). On (the default for those families), the bridge
+    /// does the same, so its float64 runs reproduce HuggingFace's float64 numbers to rounding; off, everything runs in the
+    /// model's dtype (true float64 arithmetic, as TransformerLens computes). Float32 and half-precision models are unaffected
+    /// apart from the rotary table's recipe.
+    /// </summary>
+    public bool Float32Islands { get; set; }
 
     /// <summary>The parameters' dtype; kept in sync by <see cref="TransformerBridge.To(Device, ScalarType?)"/>.</summary>
     public ScalarType DType { get; internal set; } = ScalarType.Float32;

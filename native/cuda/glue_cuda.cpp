@@ -127,6 +127,7 @@ std::string fused_attention_unsupported_reason(const at::Tensor& qh, const at::T
                                                const AttentionOptions& options) {
   // The CUDA kernel takes the window; soft-capped scores go to the composition until the kernel learns the cap.
   if (options.softcap > 0) return "soft-capped attention scores are not in the CUDA kernel";
+  if (options.softmax_float32 && qh.scalar_type() == at::kDouble) return "a float32 softmax of float64 scores is the composition's";
   const auto input_error = [&](const char* name, const at::Tensor& t) -> std::string {
     if (!t.defined() || !t.is_cuda() || (qh.defined() && t.device() != qh.device()))
       return describe(name, t) + ": not a CUDA tensor on qh's device";

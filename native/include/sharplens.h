@@ -319,8 +319,13 @@ typedef struct sl_attention_options {
   double scale;       /* multiplies q.k; finite */
   double softcap;     /* 0: none; > 0: soft-cap of the scaled scores (Gemma 2's attn_logit_softcapping) */
   int64_t window;     /* 0: plain causal; > 0: sliding window of this many keys, the query's own included */
-  int64_t reserved;   /* 0 */
+  int64_t flags;      /* SL_ATTENTION_* flags below, or 0 */
 } sl_attention_options;
+enum {
+  /* The softmax in float32 even for float64 scores, cast back (HuggingFace's eager attention for the Llama family does
+   * this, so a float64 run reproduces its float64 numbers only this way). float64 inputs then take the composition. */
+  SL_ATTENTION_SOFTMAX_FLOAT32 = 1
+};
 /* The staged attention below uses the materialising CPU kernels for float32/float64 plain causal attention (GEMMs
  * only on tiles at or below the causal diagonal, scale + mask + softmax fused per row block) and the libtorch
  * composition otherwise (windows, soft-caps, other dtypes and devices).
@@ -328,8 +333,9 @@ typedef struct sl_attention_options {
  * 0 (key_mask [b, p_k], bool or integer; may be NULL). */
 SL_API sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mask, const sl_attention_options* options,
                                      sl_tensor* scores);
-/* Softmax over keys, computed in float32 at least and cast back; rows with every key masked give 0. */
-SL_API sl_status sl_attention_pattern(sl_tensor scores, sl_tensor* pattern);
+/* Softmax over keys, computed in float32 at least (exactly float32 with SL_ATTENTION_SOFTMAX_FLOAT32 in options->flags;
+ * options may be NULL) and cast back; rows with every key masked give 0. */
+SL_API sl_status sl_attention_pattern(sl_tensor scores, const sl_attention_options* options, sl_tensor* pattern);
 /* pattern [b, h, p_q, p_k], v [b, p_k, h, d] -> z [b, p_q, h, d]. */
 SL_API sl_status sl_attention_apply(sl_tensor pattern, sl_tensor v, sl_tensor* z);
 /* sl_attention_apply using only the causal part of the pattern (key j <= i + p_k - p_q): entries above the

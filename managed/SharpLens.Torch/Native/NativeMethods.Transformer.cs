@@ -7,7 +7,7 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)] internal static partial int sl_qkv_split(int layout, TensorHandle x, TensorHandle weight, TensorHandle bias, long nHeads, out nint q, out nint k, out nint v);
     [LibraryImport(Library)] internal static partial int sl_qkv_project(int layout, TensorHandle xq, TensorHandle xk, TensorHandle xv, TensorHandle weight, TensorHandle bias, long nHeads, out nint q, out nint k, out nint v);
     [LibraryImport(Library)] internal static partial int sl_attention_scores(TensorHandle q, TensorHandle k, TensorHandle keyMask, in AttentionOptions options, out nint scores);
-    [LibraryImport(Library)] internal static partial int sl_attention_pattern(TensorHandle scores, out nint pattern);
+    [LibraryImport(Library)] internal static partial int sl_attention_pattern(TensorHandle scores, in AttentionOptions options, out nint pattern);
     [LibraryImport(Library)] internal static partial int sl_attention_apply(TensorHandle pattern, TensorHandle v, out nint z);
     [LibraryImport(Library)] internal static partial int sl_attention_apply_causal(TensorHandle pattern, TensorHandle v, out nint z);
     [LibraryImport(Library)] internal static partial int sl_attention_causal_pattern(TensorHandle q, TensorHandle k, TensorHandle keyMask, in AttentionOptions options, out nint pattern);

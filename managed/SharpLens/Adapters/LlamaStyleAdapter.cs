@@ -120,6 +120,7 @@ public abstract class LlamaStyleAdapter : ArchitectureAdapter
             AttentionScale = AttentionScale(c, path, dHead),
             AttentionSoftCap = attentionCap,
             FinalLogitSoftCap = finalCap,
+            Float32Islands = true,
         };
     }
 }

@@ -241,8 +241,20 @@ public abstract class HookedModel : IDisposable
         var outer = DisposeScope.Current;
         using var scope = Torch.NewScope();
         var logits = RunModel(tokens, attentionMask);
-        var loss = LossFromLogits(logits, tokens, attentionMask, perToken);
+        var loss = LossOf(logits, tokens, attentionMask, perToken);
         return outer is null ? loss.DetachFromScope() : loss.MoveToOuterScope();
+    }
+
+    /// <summary>
+    /// The next-token loss of this model's <paramref name="logits"/> as HuggingFace computes it for the family: with
+    /// <see cref="TransformerConfig.Float32Islands"/> a float64 model's logits are cast to float32 first (the Llama family's
+    /// <c>logits.float()</c>), so the loss and its gradient are HuggingFace's; otherwise <see cref="LossFromLogits"/>.
+    /// </summary>
+    public Tensor LossOf(Tensor logits, Tensor tokens, Tensor? attentionMask = null, bool perToken = false)
+    {
+        if (!Config.Float32Islands || logits.DType != ScalarType.Float64) return LossFromLogits(logits, tokens, attentionMask, perToken);
+        using var scope = Torch.NewScope();
+        return LossFromLogits(logits.To(ScalarType.Float32), tokens, attentionMask, perToken).MoveToOuterScope();
     }
 
     /// <summary>Next-token cross-entropy of given logits (see <see cref="Loss"/>).</summary>
@@ -256,11 +268,15 @@ public abstract class HookedModel : IDisposable
         var wide = logits.DType is ScalarType.Float16 or ScalarType.BFloat16 ? logits.To(ScalarType.Float32) : logits;
         var predictions = wide.Narrow(1, 0, pos - 1).Reshape(-1, vocab);
         var targets = tokens.Narrow(1, 1, pos - 1).Reshape(-1);
+        // The unmasked mean is libtorch's own reduction, as HuggingFace's CrossEntropyLoss computes it (summing the
+        // per-token losses another way can differ in the last bits).
+        if (attentionMask is null && !perToken)
+            return Functional.CrossEntropy(predictions, targets, reduction: Reduction.Mean).MoveToOuterScope();
         var perPosition = Functional.CrossEntropy(predictions, targets, reduction: Reduction.None).View(batch, pos - 1);
         Tensor result;
         if (attentionMask is null)
         {
-            result = perToken ? perPosition : perPosition.Mean();
+            result = perPosition;
         }
         else
         {

@@ -111,23 +111,35 @@ public sealed partial class TransformerBridge
     }
 
     /// <summary>
-    /// RMSNorm as TransformerLens hooks it: <c>hook_scale</c> on sqrt(mean(x²) + eps), <c>hook_normalized</c> on x / scale
-    /// (before the weight, unlike LayerNorm), then times w (or 1 + w for Gemma's stored w − 1). Half-precision inputs are
-    /// normalised in float32, as HuggingFace does, and cast back.
+    /// RMSNorm as TransformerLens hooks it: <c>hook_scale</c> on sqrt(mean(x²) + eps), <c>hook_normalized</c> on the normalised
+    /// x (before the weight, unlike LayerNorm), then times w (or 1 + w for Gemma's stored w − 1). The arithmetic is
+    /// HuggingFace's, step for step: in float32 for half precision and, with <see cref="TransformerConfig.Float32Islands"/>, for
+    /// float64 too; x · (1 / scale) (its rsqrt); Llama's weight multiplies after the cast back, Gemma's (1 + w) in float32 before it.
     /// </summary>
     private Tensor RmsNorm(Tensor x, NormSpec spec, HookPoint scaleHook, HookPoint normalizedHook)
     {
-        var half = x.DType is ScalarType.Float16 or ScalarType.BFloat16;
-        var wide = half ? x.To(ScalarType.Float32) : x;
-        var scale = Fire(scaleHook, wide.Square().Mean(-1, keepDim: true).Add(Config.NormEps).Sqrt());
+        var computeType = x.DType is ScalarType.Float16 or ScalarType.BFloat16 || Config.Float32Islands ? ScalarType.Float32 : x.DType;
+        var wide = x.To(computeType);
+        if (computeType != x.DType && !scaleHook.HasAnyHooks && !normalizedHook.HasAnyHooks)
+        {
+            // Nobody listens: HuggingFace's own op sequence, so that the float32 island's backward rounds as HuggingFace's
+            // autograd does too (a float64 model's AdamW steps then follow HuggingFace's float64 run to float64 rounding).
+            var normedHf = wide * wide.Pow(2).Mean(-1, keepDim: true).Add(Config.NormEps).Rsqrt();
+            return spec.Kind == NormKind.RmsNormPlusOne
+                ? (normedHf * P(spec.Weight).To(computeType).Add(1)).To(x.DType)
+                : P(spec.Weight) * normedHf.To(x.DType);
+        }
+        var scale = wide.Square().Mean(-1, keepDim: true).Add(Config.NormEps).Sqrt();
+        // Hooks see the model's dtype; a float32 value survives the round trip through float64 exactly.
+        scale = scale.DType == x.DType ? Fire(scaleHook, scale) : Fire(scaleHook, scale.To(x.DType)).To(computeType);
+        var plusOne = spec.Kind == NormKind.RmsNormPlusOne;
         var weight = P(spec.Weight);
-        if (spec.Kind == NormKind.RmsNormPlusOne) weight = weight + 1;
-        Tensor y;
-        if (normalizedHook.HasAnyHooks)
-            y = Fire(normalizedHook, wide / scale) * (half ? weight.To(ScalarType.Float32) : weight);
-        else
-            y = TransformerOps.LayerNormApplyScale(wide, scale, half ? weight.To(ScalarType.Float32) : weight, null);  // x / scale · w in one pass
-        return half ? y.To(x.DType) : y;
+        if (plusOne) weight = weight.To(computeType) + 1;     // Gemma: output * (1 + w.float()), then the cast back
+        if (!normalizedHook.HasAnyHooks && (plusOne || computeType == x.DType))
+            return TransformerOps.LayerNormApplyScale(wide, scale, weight, null).To(x.DType);  // x · (1 / scale) · w in one pass
+        var normalized = TransformerOps.LayerNormApplyScale(wide, scale, null, null).To(x.DType);
+        normalized = Fire(normalizedHook, normalized);
+        return plusOne ? (normalized.To(computeType) * weight).To(x.DType) : weight * normalized;
     }
 
     /// <summary>A linear layer (a slice of a fused weight's outputs when the spec says so: a view, so gradients reach the fused leaf).</summary>
@@ -296,7 +308,7 @@ public sealed partial class TransformerBridge
             if (h.AttnScores.HasAnyHooks)
             {
                 var scores = Fire(h.AttnScores, TransformerOps.AttentionScores(q, k, attentionMask, options), out scoresReplaced);
-                pattern = Fire(h.Pattern, TransformerOps.AttentionPattern(scores), out patternReplaced);
+                pattern = Fire(h.Pattern, TransformerOps.AttentionPattern(scores, options), out patternReplaced);
             }
             else
             {

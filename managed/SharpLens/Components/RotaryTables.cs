@@ -1,23 +1,24 @@
 namespace SharpLens.Components;
 
 /// <summary>
-/// The rotary angles of a model, computed the way transformers 4.44.2 computes them for every supported family, so that
-/// float32 and float64 runs reproduce HuggingFace's to rounding: inv_freq = 1 / base^(arange(0, dim, 2) / dim) in float32
-/// (libtorch's own float32 pow and reciprocal), angles = position × inv_freq in float32, and cos / sin of those in float32,
-/// then cast to the model's dtype by the rotary op. (HuggingFace keeps this table in float32 even for a float64 model, so a
-/// float64 run with float64 angles would differ from its float64 reference by float32 rounding.) Rope scaling changes only
-/// inv_freq and, for LongRoPE, multiplies cos and sin by an attention factor.
+/// The rotary angles of a model, computed the way transformers 4.44.2 computes them, so that float32 and float64 runs
+/// reproduce HuggingFace's to rounding: inv_freq = 1 / base^(arange(0, dim, 2) / dim), angles = position × inv_freq, and
+/// cos / sin of those, each step with libtorch's own ops, then cast to the model's dtype by the rotary op. The Llama family
+/// computes all of it in float32 even for a float64 model (<see cref="TransformerConfig.Float32Islands"/>), and so does
+/// this; otherwise (GPT-NeoX, whose float64 reference these match to 1e-15) in float64. Rope scaling changes only inv_freq
+/// and, for LongRoPE, multiplies cos and sin by an attention factor.
 /// </summary>
 public static class RotaryTables
 {
-    /// <summary>inv_freq [rotary_dim / 2] (float32) for sequences of <paramref name="seqLen"/> positions (dynamic and LongRoPE depend on it).</summary>
+    /// <summary>inv_freq [rotary_dim / 2] (in <see cref="TableType"/>) for sequences of <paramref name="seqLen"/> positions (dynamic and LongRoPE depend on it).</summary>
     public static Tensor InvFreq(TransformerConfig cfg, long seqLen, Device device)
     {
+        var type = TableType(cfg);
         var dim = cfg.RotaryDim;
         if (dim <= 0 || dim % 2 != 0) throw new InvalidOperationException($"rotary dimension {dim} must be even and positive");
         using var scope = Torch.NewScope();
-        var exponents = Torch.Arange(0, dim, 2, ScalarType.Int64, device).To(ScalarType.Float32).Div(dim);  // arange(0, dim, 2).float() / dim
-        Tensor BasePow(double @base) => Torch.Scalar(@base, ScalarType.Float32, device).Pow(exponents);    // base ** exponents
+        var exponents = Torch.Arange(0, dim, 2, ScalarType.Int64, device).To(type).Div(dim);  // arange(0, dim, 2).float() / dim
+        Tensor BasePow(double @base) => Torch.Scalar(@base, type, device).Pow(exponents);    // base ** exponents
         var invFreq = BasePow(cfg.RotaryBase).Reciprocal();
         if (cfg.RopeScaling is { } rs)
         {
@@ -40,7 +41,7 @@ public static class RotaryTables
                 case RopeType.LongRope:
                     var factors = seqLen > rs.OriginalMaxPositionEmbeddings ? rs.LongFactor! : rs.ShortFactor!;
                     using (var f = Torch.FromArray(factors.Select(x => (float)x).ToArray()))
-                    using (var onDevice = f.To(device))
+                    using (var onDevice = f.To(device, type))
                         invFreq = onDevice.Mul(BasePow(cfg.RotaryBase)).Reciprocal();
                     break;
             }
@@ -65,6 +66,9 @@ public static class RotaryTables
         return Torch.Where(medium, smoothed, scaled);
     }
 
+    /// <summary>The dtype the angles and their cos/sin are computed in (see the class summary).</summary>
+    public static ScalarType TableType(TransformerConfig cfg) => cfg.Float32Islands ? ScalarType.Float32 : ScalarType.Float64;
+
     /// <summary>The factor LongRoPE multiplies cos and sin by: sqrt(1 + ln(max / original) / ln(original)) beyond the original context, else 1.</summary>
     public static double AttentionFactor(TransformerConfig cfg)
     {
@@ -74,7 +78,7 @@ public static class RotaryTables
     }
 
     /// <summary>
-    /// The cos/sin table [rows, 2, rotary_dim / 2] (float32) that <see cref="TransformerOps.Rotary(Tensor, Tensor, RotaryImplementation)"/>
+    /// The cos/sin table [rows, 2, rotary_dim / 2] (in <see cref="TableType"/>) that <see cref="TransformerOps.Rotary(Tensor, Tensor, RotaryImplementation)"/>
     /// takes, for int64 <paramref name="positions"/> [batch, pos]: one row per position when <paramref name="shared"/> (every
     /// batch row at positions 0..pos-1), else one per (batch, pos) row.
     /// </summary>
@@ -85,7 +89,7 @@ public static class RotaryTables
         var rows = shared ? positions.Select(0, 0) : positions.Reshape(batch * pos);  // [rows]
         var seqLen = pos == 0 ? 0 : positions.Max().ToInt64() + 1;
         var invFreq = InvFreq(cfg, seqLen, positions.Device);
-        var angles = rows.To(ScalarType.Float32).Unsqueeze(1).Mul(invFreq.Unsqueeze(0));     // [rows, half], float32 products
+        var angles = rows.To(TableType(cfg)).Unsqueeze(1).Mul(invFreq.Unsqueeze(0));     // [rows, half], one rounding each
         Tensor cos = angles.Cos(), sin = angles.Sin();
         var factor = AttentionFactor(cfg);
         if (factor != 1)

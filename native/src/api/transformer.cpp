@@ -85,7 +85,10 @@ AttentionOptions options_of(const sl_attention_options* options) {
     throw sl::ArgumentError("attention softcap must be finite and >= 0 (0 = none), got " + std::to_string(options->softcap));
   if (options->window < 0)
     throw sl::ArgumentError("attention window must be >= 0 (0 = none), got " + std::to_string(options->window));
-  return AttentionOptions{options->scale, options->softcap, options->window};
+  if ((options->flags & ~int64_t{SL_ATTENTION_SOFTMAX_FLOAT32}) != 0)
+    throw sl::ArgumentError("unknown attention flags " + std::to_string(options->flags));
+  return AttentionOptions{options->scale, options->softcap, options->window,
+                          (options->flags & SL_ATTENTION_SOFTMAX_FLOAT32) != 0};
 }
 
 // The composition of the staged attention; its callers have validated ranks and the key mask.
@@ -103,8 +106,8 @@ at::Tensor composed_scores(const at::Tensor& q, const at::Tensor& k_in, const c1
   return scores.masked_fill(mask, -std::numeric_limits<double>::infinity());
 }
 
-at::Tensor composed_pattern(const at::Tensor& scores) {
-  const auto compute = at::isFloatingType(scores.scalar_type()) && c10::elementSize(scores.scalar_type()) < 4
+at::Tensor composed_pattern(const at::Tensor& scores, bool softmax_float32) {
+  const auto compute = at::isFloatingType(scores.scalar_type()) && (c10::elementSize(scores.scalar_type()) < 4 || softmax_float32)
                            ? at::kFloat
                            : scores.scalar_type();
   auto pattern = scores.softmax(-1, compute);
@@ -139,10 +142,12 @@ at::Tensor attention_scores(const at::Tensor& q, const at::Tensor& k, const c10:
   return composed_scores(q, k, key_mask, options);
 }
 
-at::Tensor attention_pattern(const at::Tensor& scores) {
+at::Tensor attention_pattern(const at::Tensor& scores, bool softmax_float32) {
   check_rank(scores, 4, "scores", "[batch, head, q_pos, k_pos]");
-  if (sl::kernels::materialised_pattern_supported(scores)) return sl::kernels::pattern_from_scores(scores);
-  return composed_pattern(scores);
+  // The kernel's softmax runs in the scores' dtype: a float32 softmax of float64 scores is the composition's.
+  if (sl::kernels::materialised_pattern_supported(scores) && !(softmax_float32 && scores.scalar_type() == at::kDouble))
+    return sl::kernels::pattern_from_scores(scores);
+  return composed_pattern(scores, softmax_float32);
 }
 
 at::Tensor attention_causal_pattern(const at::Tensor& q, const at::Tensor& k, const c10::optional<at::Tensor>& key_mask,
@@ -152,7 +157,7 @@ at::Tensor attention_causal_pattern(const at::Tensor& q, const at::Tensor& k, co
   check_key_mask(key_mask, q, k);
   if (sl::kernels::materialised_attention_supported(q, k, at::Tensor(), options))
     return sl::kernels::causal_pattern(q, k, key_mask ? *key_mask : at::Tensor(), options.scale);
-  return composed_pattern(composed_scores(q, k, key_mask, options));
+  return composed_pattern(composed_scores(q, k, key_mask, options), options.softmax_float32);
 }
 
 at::Tensor attention_apply(const at::Tensor& pattern, const at::Tensor& v, bool causal) {
@@ -183,7 +188,7 @@ at::Tensor attention(int32_t implementation, const at::Tensor& q, const at::Tens
     throw sl::ArgumentError("unknown attention implementation " + std::to_string(implementation));
   if (fusable && implementation != SL_ATTENTION_COMPOSED)
     return sl::kernels::fused_attention(q, k, v, key_mask ? *key_mask : at::Tensor(), options);
-  return composed_apply(composed_pattern(composed_scores(q, k, key_mask, options)), v);
+  return composed_apply(composed_pattern(composed_scores(q, k, key_mask, options), options.softmax_float32), v);
 }
 
 at::Tensor rotate_half(const at::Tensor& x) {
@@ -311,9 +316,10 @@ sl_status sl_attention_scores(sl_tensor q, sl_tensor k, sl_tensor key_mask, cons
   SL_CATCH
 }
 
-sl_status sl_attention_pattern(sl_tensor scores, sl_tensor* pattern) {
+sl_status sl_attention_pattern(sl_tensor scores, const sl_attention_options* options, sl_tensor* pattern) {
   SL_TRY
-  SL_OUT(pattern) = new_handle(attention_pattern(get(scores, "scores")));
+  const bool softmax_float32 = options != nullptr && options_of(options).softmax_float32;
+  SL_OUT(pattern) = new_handle(attention_pattern(get(scores, "scores"), softmax_float32));
   SL_CATCH
 }
 

@@ -260,8 +260,9 @@ bool fused_attention_supported(const at::Tensor& q, const at::Tensor& k, const a
     return cuda::fused_attention_supported(q.permute({0, 2, 1, 3}), k.permute({0, 2, 1, 3}), v.permute({0, 2, 1, 3}),
                                            options);
 #endif
-  (void)options;  // the CPU kernel takes every option
   const auto t = q.scalar_type();
+  // The kernel's online softmax runs in the inputs' dtype: a float32 softmax of float64 scores is the composition's.
+  if (options.softmax_float32 && t == at::kDouble) return false;
   return q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && (t == at::kFloat || t == at::kDouble) &&
          k.scalar_type() == t && v.scalar_type() == t && q.dim() == 4 && k.dim() == 4 && v.dim() == 4 &&
          k.sizes() == v.sizes() && q.size(0) == k.size(0) && q.size(3) == k.size(3) && k.size(2) > 0 &&

@@ -681,6 +681,7 @@ bool sizes_ok(const at::Tensor& t) {
 bool materialised_attention_supported(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const AttentionOptions& options) {
   if (options.window > 0 || options.softcap > 0) return false;  // the composition takes these
+  if (options.softmax_float32 && q.scalar_type() == at::kDouble) return false;  // a float32 softmax of float64 scores
   if (!float_cpu(q) || !float_cpu(k) || q.scalar_type() != k.scalar_type() || q.dim() != 4 || k.dim() != 4) return false;
   if (!sizes_ok(q) || !sizes_ok(k) || q.size(0) != k.size(0) || q.size(3) != k.size(3) || q.size(2) % k.size(2) != 0 ||
       q.size(2) * q.size(3) >= INT_MAX)

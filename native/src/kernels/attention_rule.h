@@ -27,6 +27,7 @@ struct AttentionOptions {
   double scale = 1.0;    // multiplies q.k
   double softcap = 0.0;  // > 0: scores become softcap * tanh(scores / softcap), after the scale, before masking
   int64_t window = 0;    // > 0: a query sees only the last `window` key positions up to its own
+  bool softmax_float32 = false;  // the softmax in float32 even for float64 scores (HuggingFace's Llama-family eager path)
 };
 
 // The first key query row i sees (0 without a window).
