@@ -46,7 +46,7 @@ internal static class VerifyCommand
         var jsonFull = jsonPath is null ? null : CliSupport.CheckOutPath(jsonPath);
 
         using var scope = Torch.NewScope();
-        using var bridge = CliSupport.LoadBridge(modelDir, new BridgeOptions { DType = dtype, AllOptionalHooks = true });
+        using var bridge = VerificationSuite.Prepare(CliSupport.LoadBridge(modelDir, new BridgeOptions { DType = dtype, AllOptionalHooks = true }));
         tokensFile?.CheckAgainst(bridge.Config, [0]);
         var tokens = tokensFile?.ToTensor(0) ?? VerificationSuite.DefaultTokens(bridge.Config);
         VerificationReport report;

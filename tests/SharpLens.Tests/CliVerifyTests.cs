@@ -34,6 +34,12 @@ public class CliVerifyTests : CliTestBase
     [TestCase("tiny-gpt2", "float64")]
     [TestCase("tiny-pythia", "float32")]
     [TestCase("tiny-pythia", "float64")]
+    [TestCase("tiny-llama", "float64")]
+    [TestCase("tiny-qwen2", "float64")]
+    [TestCase("tiny-mistral", "float64")]
+    [TestCase("tiny-gemma", "float64")]
+    [TestCase("tiny-gemma2", "float64")]
+    [TestCase("tiny-phi3", "float64")]
     public void PassesOnTheFixtures(string model, string dtype)
     {
         var jsonPath = TempPath($"verify-{model}-{dtype}.json");

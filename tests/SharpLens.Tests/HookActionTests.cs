@@ -6,6 +6,12 @@ namespace SharpLens.Tests;
 /// </summary>
 [TestFixture("tiny-gpt2")]
 [TestFixture("tiny-pythia")]
+[TestFixture("tiny-llama")]
+[TestFixture("tiny-qwen2")]
+[TestFixture("tiny-mistral")]
+[TestFixture("tiny-gemma")]
+[TestFixture("tiny-gemma2")]
+[TestFixture("tiny-phi3")]
 public class HookActionTests(string model) : FixtureTest(model)
 {
     private static Tensor LastLogitsSum(Tensor logits) => logits.Select(1, -1).Sum();
@@ -113,8 +119,10 @@ public class HookActionTests(string model) : FixtureTest(model)
         bridge.AddBackwardHook(z, (g, _) => g * 3);
         bridge.AddHook(z, HookAction.CacheGradient(after));
         LastLogitsSum(bridge.Forward(Tokens)).Backward();
-        // With hooks on z only, the later layers run the fused attention rather than the staged one: float32 rounding.
-        Assert.That(MaxAbsDiff(seen[z], before[z + "_grad"]), Is.LessThan(1e-5));
+        // With hooks on z only, the later layers run the fused attention rather than the staged one: float32 rounding,
+        // a few 2^-24 per accumulated term relative to the gradient's size, so 1e-5 of its magnitude.
+        var magnitude = Math.Max(1, seen[z].Abs().Max().ToDouble());
+        Assert.That(MaxAbsDiff(seen[z], before[z + "_grad"]), Is.LessThan(1e-5 * magnitude));
         Assert.That(MaxAbsDiff(before[z + "_grad"] * 3, after[z + "_grad"]), Is.EqualTo(0));
     }
 

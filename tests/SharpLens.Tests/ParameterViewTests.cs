@@ -10,16 +10,36 @@ namespace SharpLens.Tests;
 /// </summary>
 [TestFixture("tiny-gpt2")]
 [TestFixture("tiny-pythia")]
+[TestFixture("tiny-llama")]
+[TestFixture("tiny-qwen2")]
+[TestFixture("tiny-mistral")]
+[TestFixture("tiny-gemma")]
+[TestFixture("tiny-gemma2")]
+[TestFixture("tiny-phi3")]
 public class ParameterViewTests(string model)
 {
-    private const long DModel = 64, NHeads = 4, DHead = 16, DMlp = 256, Vocab = 1000, NCtx = 128;
+    // The fixture's sizes, from its config.json (Gemma's head_dim 24 is not d_model / n_heads).
+    private long DModel, NHeads, NKv, DHead, DMlp, Vocab, NCtx;
+    private bool Tied, Affine;
 
     private Dictionary<string, Tensor> _reference = null!;
     private Tensor Tokens => _reference["input_ids"];
     private bool IsGpt2 => model == "tiny-gpt2";
+    private bool IsNeoX => model == "tiny-pythia";
 
     [OneTimeSetUp]
-    public void LoadReference() => _reference = SafeTensors.Load(Path.Combine(Fixtures.Path(model), "reference.safetensors"));
+    public void LoadReference()
+    {
+        _reference = SafeTensors.Load(Path.Combine(Fixtures.Path(model), "reference.safetensors"));
+        var (cfg, _) = SharpLens.Loading.ModelLoader.ReadConfig(Fixtures.Path(model));
+        (DModel, NHeads, NKv, DHead, DMlp, Vocab, NCtx) = (cfg.DModel, cfg.NHeads, cfg.NKeyValueHeads, cfg.DHead, cfg.DMlp, cfg.DVocab, cfg.NCtx);
+        Tied = cfg.TiedEmbeddings;
+        // Gemma's TransformerLens W_E (× sqrt(d_model)) and norm weights (1 + w) are computed from their leaves, not views.
+        Affine = cfg.EmbeddingScale != 1 || cfg.Norm == NormKind.RmsNormPlusOne;
+    }
+
+    /// <summary>TransformerLens's name of a key/value weight: <c>_W_K</c> with grouped-query attention.</summary>
+    private string Kv(string name) => NKv != NHeads ? "_" + name : name;
 
     [OneTimeTearDown]
     public void Free()
@@ -37,7 +57,7 @@ public class ParameterViewTests(string model)
     }
 
     /// <summary>HF name of the block prefix.</summary>
-    private string Hf(int layer) => IsGpt2 ? $"transformer.h.{layer}" : $"gpt_neox.layers.{layer}";
+    private string Hf(int layer) => IsGpt2 ? $"transformer.h.{layer}" : IsNeoX ? $"gpt_neox.layers.{layer}" : $"model.layers.{layer}";
 
     /// <summary>
     /// The TL weights and where each element lives in its HF leaf: (TL name, HF name, view index → flat index
@@ -70,6 +90,43 @@ public class ParameterViewTests(string model)
                 list.Add(($"blocks.{l}.ln2.b", $"{b}.ln_2.bias", i => i[0]));
                 list.Add(($"blocks.{l}.mlp.W_in", $"{b}.mlp.c_fc.weight", i => i[0] * DMlp + i[1]));
                 list.Add(($"blocks.{l}.mlp.W_out", $"{b}.mlp.c_proj.weight", i => i[0] * DModel + i[1]));
+            }
+        }
+        else if (!IsNeoX)
+        {
+            // The Llama family: nn.Linear [out, in] everywhere; Phi-3 fuses q|k|v and gate|up along the output rows.
+            var phi3 = model == "tiny-phi3";
+            long q = NHeads * DHead, kv = NKv * DHead;
+            var unembed = Tied ? "model.embed_tokens.weight" : "lm_head.weight";
+            list.Add(("unembed.W_U", unembed, i => i[1] * DModel + i[0]));  // W_U[m, v] = lm_head[v, m]
+            if (!Affine)
+            {
+                list.Add(("embed.W_E", "model.embed_tokens.weight", i => i[0] * DModel + i[1]));
+                list.Add(("ln_final.w", "model.norm.weight", i => i[0]));
+            }
+            for (var l = 0; l < 2; l++)
+            {
+                var b = Hf(l);
+                // W_Q[h, m, d] = q_proj.weight[h * d_head + d, m]; Phi-3's k rows start at n_heads * d_head, v rows after k's.
+                (string Hf, long Row0)[] sources = phi3
+                    ? [($"{b}.self_attn.qkv_proj.weight", 0), ($"{b}.self_attn.qkv_proj.weight", q), ($"{b}.self_attn.qkv_proj.weight", q + kv)]
+                    : [($"{b}.self_attn.q_proj.weight", 0), ($"{b}.self_attn.k_proj.weight", 0), ($"{b}.self_attn.v_proj.weight", 0)];
+                string[] tlNames = [$"blocks.{l}.attn.W_Q", $"blocks.{l}.attn.{Kv("W_K")}", $"blocks.{l}.attn.{Kv("W_V")}"];
+                for (var j = 0; j < 3; j++)
+                {
+                    var row0 = sources[j].Row0;
+                    list.Add((tlNames[j], sources[j].Hf, i => (row0 + i[0] * DHead + i[2]) * DModel + i[1]));
+                }
+                // o_proj.weight [d_model, (head d_head)]: W_O[h, d, m] = o_proj.weight[m, h * d_head + d]
+                list.Add(($"blocks.{l}.attn.W_O", $"{b}.self_attn.o_proj.weight", i => i[2] * q + i[0] * DHead + i[1]));
+                if (!Affine) list.Add(($"blocks.{l}.ln1.w", $"{b}.input_layernorm.weight", i => i[0]));
+                // W_gate[m, f] = gate_proj.weight[f, m]; W_in[m, f] = up_proj.weight[f, m] (Phi-3: gate_up_proj rows f and d_mlp + f)
+                var (gate, up, upRow0) = phi3
+                    ? ($"{b}.mlp.gate_up_proj.weight", $"{b}.mlp.gate_up_proj.weight", DMlp)
+                    : ($"{b}.mlp.gate_proj.weight", $"{b}.mlp.up_proj.weight", 0L);
+                list.Add(($"blocks.{l}.mlp.W_gate", gate, i => i[1] * DModel + i[0]));
+                list.Add(($"blocks.{l}.mlp.W_in", up, i => (upRow0 + i[1]) * DModel + i[0]));
+                list.Add(($"blocks.{l}.mlp.W_out", $"{b}.mlp.down_proj.weight", i => i[1] * DMlp + i[0]));
             }
         }
         else
@@ -134,16 +191,20 @@ public class ParameterViewTests(string model)
         var expectedNames = _reference.Keys.Where(k => k.StartsWith("grad.loss.param.")).Select(k => k["grad.loss.param.".Length..]).ToList();
         Assert.That(named.Select(p => p.Name), Is.EquivalentTo(expectedNames), "HF's named_parameters()");
         Assert.That(named.Select(p => p.Name), Is.Unique);
-        Assert.That(named, Has.Count.EqualTo(28));
+        Assert.That(named, Has.Count.EqualTo(expectedNames.Count));
         Assert.That(bridge.Parameters(), Is.EqualTo(named.Select(p => p.Parameter)).Using<Tensor>(ReferenceEquals), "Parameters() is NamedParameters() without names");
         if (IsGpt2)
         {
             Assert.That(named.Select(p => p.Name), Does.Contain("transformer.wte.weight"));
             Assert.That(named.Select(p => p.Name), Has.None.EqualTo("lm_head.weight"), "the tied unembedding is wte, listed once");
         }
-        else
+        else if (IsNeoX)
         {
             Assert.That(named.Select(p => p.Name), Does.Contain("embed_out.weight"), "Pythia's unembedding is untied");
+        }
+        else
+        {
+            Assert.That(named.Select(p => p.Name).Contains("lm_head.weight"), Is.EqualTo(!Tied), "lm_head is a parameter exactly when untied");
         }
         var shapes = bridge.Adapter.ExpectedParameters(bridge.Config).ToDictionary(e => e.Name, e => e.Shape);
         Assert.Multiple(() =>
@@ -175,9 +236,10 @@ public class ParameterViewTests(string model)
         {
             ["embed.W_E"] = [Vocab, DModel],
             ["blocks.0.attn.W_Q"] = [NHeads, DModel, DHead],
-            ["blocks.1.attn.W_K"] = [NHeads, DModel, DHead],
-            ["blocks.0.attn.W_V"] = [NHeads, DModel, DHead],
+            [$"blocks.1.attn.{Kv("W_K")}"] = [NKv, DModel, DHead],
+            [$"blocks.0.attn.{Kv("W_V")}"] = [NKv, DModel, DHead],
             ["blocks.1.attn.b_Q"] = [NHeads, DHead],
+            [$"blocks.1.attn.{Kv("b_K")}"] = [NKv, DHead],
             ["blocks.0.attn.W_O"] = [NHeads, DHead, DModel],
             ["blocks.1.attn.b_O"] = [DModel],
             ["blocks.0.ln1.w"] = [DModel],
@@ -190,6 +252,7 @@ public class ParameterViewTests(string model)
         };
         if (IsGpt2) expected["pos_embed.W_pos"] = [NCtx, DModel];
         else Assert.That(tl.Keys, Has.None.EqualTo("pos_embed.W_pos"), "rotary models have no positional table");
+        if (!IsGpt2 && !IsNeoX) expected["blocks.0.mlp.W_gate"] = [DModel, DMlp];
         Assert.Multiple(() =>
         {
             foreach (var (name, shape) in expected) Assert.That(tl[name].Shape, Is.EqualTo(shape), name);
@@ -206,16 +269,21 @@ public class ParameterViewTests(string model)
         string[] required = IsGpt2
             ? ["blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.1.attn.W_V", "blocks.0.attn.b_Q", "blocks.1.attn.W_O", "blocks.0.mlp.W_in",
                "blocks.1.mlp.W_out", "embed.W_E", "pos_embed.W_pos", "unembed.W_U"]
-            : ["blocks.0.attn.W_Q", "blocks.1.attn.W_K", "blocks.0.attn.b_V", "blocks.1.attn.W_O", "blocks.0.mlp.W_in", "blocks.1.mlp.W_out",
-               "embed.W_E", "unembed.W_U"];
-        var source = bridge.Adapter.TlWeights(bridge.Config).ToDictionary(w => w.TlName, w => w.HfName);
+            : IsNeoX
+                ? ["blocks.0.attn.W_Q", "blocks.1.attn.W_K", "blocks.0.attn.b_V", "blocks.1.attn.W_O", "blocks.0.mlp.W_in", "blocks.1.mlp.W_out",
+                   "embed.W_E", "unembed.W_U"]
+                : ["blocks.0.attn.W_Q", $"blocks.1.attn.{Kv("W_K")}", $"blocks.0.attn.{Kv("W_V")}", "blocks.1.attn.W_O", "blocks.0.mlp.W_in",
+                   "blocks.0.mlp.W_gate", "blocks.1.mlp.W_out", "unembed.W_U"];
+        var source = bridge.Adapter.TlWeights(bridge.Config).ToDictionary(w => w.TlName, w => w);
         Assert.Multiple(() =>
         {
             foreach (var name in required)
-                Assert.That(tl[name].SharesStorageWith(bridge.Parameter(source[name]!)), Is.True, $"{name} views {source[name]}");
-            // ... and in fact every TL weight with an HF source.
-            foreach (var (name, hf) in source.Where(s => s.Value is not null))
-                Assert.That(tl[name].SharesStorageWith(bridge.Parameter(hf!)), Is.True, $"{name} views {hf}");
+                Assert.That(tl[name].SharesStorageWith(bridge.Parameter(source[name].HfName!)), Is.True, $"{name} views {source[name].HfName}");
+            // ... and in fact every TL weight with an HF source, except the affine ones (Gemma's scaled W_E and 1 + w norm
+            // weights), which TransformerLens stores computed and so must be a computed tensor here too.
+            foreach (var (name, w) in source.Where(s => s.Value.HfName is not null))
+                Assert.That(tl[name].SharesStorageWith(bridge.Parameter(w.HfName!)), Is.EqualTo(w.Conversion.Affine is null),
+                    $"{name} {(w.Conversion.Affine is null ? "views" : "is computed from")} {w.HfName}");
         });
     }
 
@@ -258,16 +326,23 @@ public class ParameterViewTests(string model)
         using var bridge = Load();
         using var scope = Torch.NewScope();
         var tl = bridge.TlNamedParameters().ToDictionary(p => p.Name, p => p.Weight);
-        string[] names = ["blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_V", "blocks.1.attn.W_Q", "blocks.0.attn.W_O"];
+        // The leaf W_Q views: GPT-2's c_attn, NeoX's query_key_value and Phi-3's qkv_proj hold q, k and v; Llama's q_proj only q.
+        var sources = bridge.Adapter.TlWeights(bridge.Config).ToDictionary(w => w.TlName, w => w.HfName);
+        var leafName = sources["blocks.0.attn.W_Q"]!;
+        var leaf = bridge.Parameter(leafName);
+        var fused = leafName.Contains("c_attn") || leafName.Contains("query_key_value") || leafName.Contains("qkv_proj");
+        string[] names = ["blocks.0.attn.W_Q", $"blocks.0.attn.{Kv("W_K")}", $"blocks.0.attn.{Kv("W_V")}", "blocks.1.attn.W_Q", "blocks.0.attn.W_O"];
         var before = names.ToDictionary(n => n, n => tl[n].ToArray<float>());
-        var leaf = bridge.Parameter(IsGpt2 ? "transformer.h.0.attn.c_attn.weight" : "gpt_neox.layers.0.attention.query_key_value.weight");
         using (Torch.NoGrad()) leaf.AddInPlace(1);
         Assert.Multiple(() =>
         {
-            foreach (var n in names[..3])
-                Assert.That(tl[n].ToArray<float>(), Is.EqualTo(before[n].Select(v => v + 1f).ToArray()), $"{n} moved by exactly 1");
-            foreach (var n in names[3..])
-                Assert.That(tl[n].ToArray<float>(), Is.EqualTo(before[n]), $"{n} is another leaf and did not move");
+            foreach (var n in names)
+            {
+                var moved = sources[n] == leafName;
+                Assert.That(moved, Is.EqualTo(n == names[0] || (fused && Array.IndexOf(names, n) < 3)), $"{n} reads {leafName}");
+                Assert.That(tl[n].ToArray<float>(), Is.EqualTo(moved ? before[n].Select(v => v + 1f).ToArray() : before[n]),
+                    moved ? $"{n} moved by exactly 1" : $"{n} is another leaf and did not move");
+            }
         });
     }
 
@@ -278,6 +353,8 @@ public class ParameterViewTests(string model)
         using var scope = Torch.NewScope();
         var views = bridge.TlNamedParameters().ToDictionary(p => p.Name, p => p.Weight);
         var before = views.ToDictionary(p => p.Key, p => p.Value.Detach().Clone());
+        var sources = bridge.Adapter.TlWeights(bridge.Config).ToDictionary(w => w.TlName, w => w.HfName);
+        var computed = bridge.Adapter.TlWeights(bridge.Config).Where(w => w.Conversion.Affine is not null).Select(w => w.TlName).ToHashSet();
         using var optimizer = new AdamW(bridge.Parameters(), lr: 1e-2, weightDecay: 0.01);
         var loss0 = bridge.Loss(Tokens).ToDouble();
         bridge.Loss(Tokens).Backward();
@@ -287,9 +364,18 @@ public class ParameterViewTests(string model)
         {
             foreach (var (name, view) in views)
             {
+                if (computed.Contains(name))
+                {
+                    // Gemma's scaled W_E and 1 + w norm weights are computed, as TransformerLens stores them: snapshots.
+                    Assert.That(view.ValueEquals(before[name]), Is.True, $"{name} is a computed snapshot");
+                    Assert.That(after[name].ValueEquals(before[name]), Is.False, $"{name} made after the step shows it");
+                    continue;
+                }
                 Assert.That(view.ValueEquals(after[name]), Is.True, $"{name}: the earlier view shows the stepped weights");
-                if (name != "unembed.b_U")
+                if (sources[name] is not null)
                     Assert.That(view.ValueEquals(before[name]), Is.False, $"{name} moved");
+                else
+                    Assert.That(view.ValueEquals(before[name]), Is.True, $"{name} has no HF parameter: zeros that stay zeros");
             }
         });
         Assert.That(bridge.Loss(Tokens).ToDouble(), Is.LessThan(loss0), "the step lowered the loss");
@@ -303,7 +389,8 @@ public class ParameterViewTests(string model)
         ForceFinalizers();
         var start = Torch.LiveTensors;
         var bridge = Load();
-        Assert.That(Torch.LiveTensors, Is.EqualTo(start + 28), "one handle per parameter");
+        var count = bridge.NamedParameters().Count;
+        Assert.That(Torch.LiveTensors, Is.EqualTo(start + count), "one handle per parameter");
         var parameters = bridge.Parameters();
         using (Torch.NewScope())
         {
@@ -314,7 +401,7 @@ public class ParameterViewTests(string model)
             using var optimizer = new AdamW(bridge.Parameters());
             optimizer.Step();
         }
-        Assert.That(Torch.LiveTensors, Is.EqualTo(start + 28));
+        Assert.That(Torch.LiveTensors, Is.EqualTo(start + count));
         bridge.Dispose();
         Assert.That(parameters.All(p => p.IsDisposed), Is.True);
         Assert.That(bridge.Parameters(), Is.Empty);

@@ -9,6 +9,18 @@ public class VerificationTests
     [TestCase("tiny-gpt2", ScalarType.Float64)]
     [TestCase("tiny-pythia", ScalarType.Float32)]
     [TestCase("tiny-pythia", ScalarType.Float64)]
+    [TestCase("tiny-llama", ScalarType.Float32)]
+    [TestCase("tiny-llama", ScalarType.Float64)]
+    [TestCase("tiny-qwen2", ScalarType.Float32)]
+    [TestCase("tiny-qwen2", ScalarType.Float64)]
+    [TestCase("tiny-mistral", ScalarType.Float32)]
+    [TestCase("tiny-mistral", ScalarType.Float64)]
+    [TestCase("tiny-gemma", ScalarType.Float32)]
+    [TestCase("tiny-gemma", ScalarType.Float64)]
+    [TestCase("tiny-gemma2", ScalarType.Float32)]
+    [TestCase("tiny-gemma2", ScalarType.Float64)]
+    [TestCase("tiny-phi3", ScalarType.Float32)]
+    [TestCase("tiny-phi3", ScalarType.Float64)]
     public void EveryCheckPasses(string model, ScalarType dtype)
     {
         var report = VerificationSuite.Run(Fixtures.Path(model), dtype);

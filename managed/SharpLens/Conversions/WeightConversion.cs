@@ -15,6 +15,13 @@ public abstract record WeightConversion
     /// <summary>Readable form, e.g. <c>rearrange('(head d_head) d_model -> head d_model d_head')</c>.</summary>
     public abstract string Describe();
 
+    /// <summary>
+    /// For a conversion that is x · scale + offset of the whole tensor (scale rounded to the weight's dtype), those two numbers;
+    /// null for every other conversion. A TransformerLens weight that is an affine function of its HF parameter (Gemma's
+    /// scaled W_E and 1 + w norm weights) is not the variable HuggingFace's optimizer steps.
+    /// </summary>
+    public virtual (double Scale, double Offset)? Affine => null;
+
     /// <summary>The identity.</summary>
     public static readonly WeightConversion Identity = new IdentityConversion();
 
@@ -84,12 +91,14 @@ public abstract record WeightConversion
         }
 
         public override string Describe() => $"times {Factor:R} (in the weight's dtype)";
+        public override (double Scale, double Offset)? Affine => (Factor, 0);
     }
 
     private sealed record AddScalarConversion(double Value) : WeightConversion
     {
         public override Tensor Apply(Tensor source) => source + Value;
         public override string Describe() => $"plus {Value:R}";
+        public override (double Scale, double Offset)? Affine => (1, Value);
     }
 
     private sealed record SelectConversion(int Dim, int Index) : WeightConversion

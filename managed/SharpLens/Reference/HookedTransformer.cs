@@ -15,9 +15,11 @@ public sealed class HookedTransformer : HookedModel
 {
     private readonly Dictionary<string, Tensor> _weights;
 
-    private HookedTransformer(TransformerConfig config, Dictionary<string, Tensor> weights, WeightProcessing processing) : base(config)
+    private HookedTransformer(TransformerConfig config, Dictionary<string, Tensor> weights, WeightProcessing processing,
+        Dictionary<string, (double Scale, double Offset)> affine) : base(config)
     {
         _weights = weights;
+        _affine = affine;
         Processing = processing;
         // A tied model stays tied (W_U is W_Eᵀ, one leaf), so optimizer steps match the bridge's. Processing
         // changes W_U on its own, which unties it, as in TransformerLens.
@@ -29,25 +31,26 @@ public sealed class HookedTransformer : HookedModel
     public bool TiedEmbeddings { get; }
 
     /// <summary>
-    /// True when the tied leaf holds the unscaled embedding that both W_E (= leaf × embedding scale, TransformerLens's
-    /// pre-scaled Gemma W_E) and W_U (= leafᵀ) derive from: an optimizer then steps the same variable as HuggingFace's.
+    /// TransformerLens weights that are an affine function of their HuggingFace parameter (Gemma's W_E = embedding × sqrt(d_model)
+    /// and norm weights 1 + w): their leaf here holds the HF parameter itself and <see cref="W"/> computes the TL value, so an
+    /// optimizer steps the same variable as HuggingFace's (AdamW's update and weight decay are not invariant to an affine
+    /// reparametrisation). Empty once weights are processed (processing works on, and stores, TL values).
     /// </summary>
-    private bool ScaledTiedLeaf => TiedEmbeddings && Config.EmbeddingScale != 1;
-
-    /// <summary>The embedding scale rounded to the weights' dtype (as HuggingFace rounds Gemma's normaliser).</summary>
-    private Tensor EmbeddingScaleTensor(Tensor like) => Torch.Scalar(Config.EmbeddingScale, like.DType, like.Device);
+    private readonly Dictionary<string, (double Scale, double Offset)> _affine;
 
     /// <summary>
     /// The gradient of the last backward w.r.t. TransformerLens weight <paramref name="tlName"/> when that weight is a leaf here
-    /// (null otherwise: a tied W_U's share is in W_E's leaf). For the unscaled tied leaf (see <see cref="NamedParameters"/>),
-    /// the gradient is expressed in W_E's units (divided by the embedding scale), so it maps back through W_E's conversion.
+    /// (null otherwise: a tied W_U's share is in W_E's leaf). For a leaf holding the HF parameter of an affine TL weight, the
+    /// gradient is expressed in the TL weight's units (divided by the scale), so it maps back through the TL conversion.
     /// </summary>
     public Tensor? LeafGradient(string tlName)
     {
         if (TiedEmbeddings && tlName == "unembed.W_U") return null;
         var leaf = NamedParameters().FirstOrDefault(p => p.Name == tlName).Parameter;
         if (leaf?.Grad is not { } grad) return null;
-        return ScaledTiedLeaf && tlName == "embed.W_E" ? grad / EmbeddingScaleTensor(grad) : grad;
+        if (!_affine.TryGetValue(tlName, out var affine) || affine.Scale == 1) return grad;
+        using var scale = Torch.Scalar(affine.Scale, grad.DType, grad.Device);
+        return grad / scale;
     }
 
     /// <summary>A copy of a bridge's TL weights as independent leaves (float64 processing, then back to the bridge's dtype).</summary>
@@ -68,14 +71,18 @@ public sealed class HookedTransformer : HookedModel
             }
             Process(weights, bridge.Config, processing);
         }
-        // A tied embedding that TransformerLens pre-scales (Gemma): keep the unscaled HF leaf (see ScaledTiedLeaf).
-        if (bridge.Config.TiedEmbeddings && !processing.Any && bridge.Config.EmbeddingScale != 1)
+        // Affine TL weights of unprocessed models keep the HF parameter as their leaf (see _affine).
+        var affine = new Dictionary<string, (double Scale, double Offset)>();
+        if (!processing.Any)
             using (Torch.NoGrad())
-            {
-                var raw = bridge.Parameter(bridge.Adapter.Describe(bridge.Config).Embed).To(ScalarType.Float64, copy: true).DetachFromScope();
-                weights["embed.W_E"].Dispose();
-                weights["embed.W_E"] = raw;
-            }
+                foreach (var w in bridge.Adapter.TlWeights(bridge.Config))
+                {
+                    if (w.HfName is null || w.Conversion.Affine is not { } a) continue;
+                    var raw = bridge.Parameter(w.HfName).To(ScalarType.Float64, copy: true).DetachFromScope();
+                    weights[w.TlName].Dispose();
+                    weights[w.TlName] = raw;
+                    affine[w.TlName] = a;
+                }
         var dtype = bridge.Parameters()[0].DType;
         var device = bridge.Parameters()[0].Device;
         foreach (var name in weights.Keys.ToList())
@@ -85,7 +92,7 @@ public sealed class HookedTransformer : HookedModel
             converted.RequiresGrad = !buffers.Contains(name);
             weights[name] = converted;
         }
-        return new HookedTransformer(bridge.Config.Clone(), weights, processing);
+        return new HookedTransformer(bridge.Config.Clone(), weights, processing, affine);
     }
 
     /// <summary>Loads a HuggingFace model directory and converts it (see <see cref="FromBridge"/>).</summary>
@@ -118,10 +125,11 @@ public sealed class HookedTransformer : HookedModel
     public Tensor W(string name)
     {
         ThrowIfDisposed();
-        if (ScaledTiedLeaf && name == "embed.W_E")
+        if (_affine.TryGetValue(name, out var affine))
         {
-            var leaf = _weights["embed.W_E"];
-            return leaf * EmbeddingScaleTensor(leaf);
+            var leaf = _weights[name];
+            using var scale = Torch.Scalar(affine.Scale, leaf.DType, leaf.Device);
+            return affine.Offset == 0 ? leaf * scale : leaf * scale + affine.Offset;
         }
         if (_weights.TryGetValue(name, out var t)) return t;
         if (TiedEmbeddings && name == "unembed.W_U") return _weights["embed.W_E"].Transpose(0, 1);
@@ -191,7 +199,9 @@ public sealed class HookedTransformer : HookedModel
                 Replace(w, pre + "mlp.b_out", w[pre + "mlp.b_out"] - w[pre + "mlp.b_out"].Mean());
             }
         }
-        if (p.CenterUnembed)
+        // Soft-capped logits are not invariant to a per-position shift, so TransformerLens skips centring the unembedding
+        // when the model caps its logits (Gemma 2); so does this.
+        if (p.CenterUnembed && cfg.FinalLogitSoftCap == 0)
         {
             Replace(w, "unembed.W_U", w["unembed.W_U"] - w["unembed.W_U"].Mean(-1, keepDim: true));
             Replace(w, "unembed.b_U", w["unembed.b_U"] - w["unembed.b_U"].Mean());
