@@ -192,10 +192,10 @@ public class ModelLoadingTests
     public void UnknownModelTypeListsTheSupportedOnes()
     {
         CopyFixture(Gpt2);
-        EditConfig(c => c["model_type"] = "llama");
+        EditConfig(c => c["model_type"] = "mamba");
         var e = LoadFails(_dir);
         Assert.That(e.Path, Is.EqualTo(ConfigPath));
-        AssertMentions(e, ConfigPath, "'llama'", "not supported", "gpt2", "gpt_neox");
+        AssertMentions(e, ConfigPath, "'mamba'", "not supported", "gpt2", "gpt_neox", "llama", "gemma2", "phi3");
     }
 
     [TestCase(Gpt2, "n_embd")]
