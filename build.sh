@@ -3,6 +3,8 @@
 #   ./build.sh          install what is missing, build native (CMake) and managed (dotnet) in Release
 #   ./build.sh test     build, then run every test suite; ends with "N passed, N failed"
 #   ./build.sh bench    build, then run the BenchmarkDotNet suite and write perf/results/summary.md
+#   ./build.sh pack [DIR]  build, then write the NuGet packages SharpLens.Torch (with libsharplens.so) and SharpLens
+#                       to a local feed folder, DIR or build/feed (the version is Directory.Build.props's)
 #   ./build.sh demo     build, then run `lens demo` (train a small model, find its induction heads; options pass through)
 #   ./build.sh cuda-check  compile the CUDA kernels with nvcc (no GPU or CUDA libtorch needed; --install fetches
 #                          Debian's nvidia-cuda-toolkit) and run their standalone test where a GPU is present
@@ -72,6 +74,17 @@ run_tests() {
   [ "$rc" -eq 0 ] && [ "$failed" -eq 0 ]
 }
 
+# The NuGet packages of the two libraries in a local feed folder (PackageTests packs the same way into its own).
+pack_packages() {
+  local out="${1:-$ROOT/build/feed}"
+  log "packages: SharpLens.Torch, SharpLens -> $out"
+  local project
+  for project in managed/SharpLens.Torch/SharpLens.Torch.csproj managed/SharpLens/SharpLens.csproj; do
+    dotnet pack "$ROOT/$project" -c Release --no-build -nologo -v quiet -o "$out"
+  done
+  ls -1 "$out"/*.nupkg
+}
+
 run_bench() {
   build_all
   log "benchmarks (BenchmarkDotNet)"
@@ -82,7 +95,8 @@ case "${1:-build}" in
   build) build_all ;;
   test) run_tests ;;
   bench) shift; run_bench "$@" ;;
+  pack) shift; build_all; pack_packages "$@" ;;
   demo) shift; build_all; dotnet "$ROOT/managed/SharpLens.Cli/bin/Release/net10.0/lens.dll" demo "$@" ;;
   cuda-check) shift; "$ROOT/native/cuda/check.sh" "$@" ;;
-  *) echo "usage: ./build.sh [build|test|bench|demo|cuda-check]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh [build|test|bench|pack [DIR]|demo|cuda-check]" >&2; exit 2 ;;
 esac

@@ -15,6 +15,15 @@ public static unsafe class Torch
     /// <summary>Number of native tensor handles alive now. Tests compare it before and after work to prove there are no leaks.</summary>
     public static long LiveTensors => NativeMethods.sl_live_tensors();
 
+    /// <summary>The libtorch version the native engine was compiled against (TORCH_VERSION of its headers, e.g. "1.13.0").</summary>
+    public static string CompiledLibtorchVersion => NativeLibraryLoader.CompiledLibtorchVersion();
+
+    /// <summary>
+    /// The version of the libtorch loaded in this process, as it reports itself (e.g. "1.13.0"); "" when it does
+    /// not. Loading refuses a libtorch whose major.minor differs from <see cref="CompiledLibtorchVersion"/>.
+    /// </summary>
+    public static string LibtorchVersion => NativeLibraryLoader.LoadedLibtorchVersion();
+
     /// <summary>Opens a scope that disposes every tensor created on this thread until it is disposed.</summary>
     public static DisposeScope NewScope() => new();
 

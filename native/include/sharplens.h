@@ -58,6 +58,11 @@ typedef void (*sl_release_fn)(void* user_data);
 
 /* ---------------------------------------------------------------- library */
 SL_API int32_t sl_abi_version(void);
+/* The libtorch version this library was compiled against: TORCH_VERSION of torch/version.h, e.g. "1.13.0". */
+SL_API const char* sl_torch_version_compiled(void);
+/* The version of the libtorch loaded in this process (TORCH_VERSION in its at::show_config()), "" when it does
+ * not say. The string lives as long as the process. */
+SL_API sl_status sl_torch_version_loaded(const char** out);
 /* The calling thread's last error message ("" if none). Valid until the next sl_* call on this thread. */
 SL_API const char* sl_last_error(void);
 /* The id a managed callback returned with its failure, for the last SL_ERR_MANAGED_CALLBACK on this

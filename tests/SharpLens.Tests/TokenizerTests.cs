@@ -79,7 +79,7 @@ public class TokenizerTests
     private static readonly Lazy<BpeTokenizer> Gpt2Lazy = new(() =>
         BpeTokenizer.FromVocabAndMerges(Path.Combine(Gpt2Dir(), "encoder.json"), Path.Combine(Gpt2Dir(), "vocab.bpe")));
 
-    private static BpeTokenizer Gpt2()
+    internal static BpeTokenizer Gpt2()
     {
         Gpt2Dir(); // ignores the test (rather than failing it) when the files cannot be had
         return Gpt2Lazy.Value;

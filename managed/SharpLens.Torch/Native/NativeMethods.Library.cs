@@ -12,6 +12,8 @@ internal static unsafe partial class NativeMethods
     internal const string Library = "sharplens";
 
     [LibraryImport(Library)] internal static partial int sl_abi_version();
+    [LibraryImport(Library)] internal static partial byte* sl_torch_version_compiled();
+    [LibraryImport(Library)] internal static partial int sl_torch_version_loaded(out byte* version);
     [LibraryImport(Library)] internal static partial byte* sl_last_error();
     [LibraryImport(Library)] internal static partial long sl_last_managed_exception();
     [LibraryImport(Library)] internal static partial int sl_init(delegate* unmanaged<nint, void> release, int numThreads);

@@ -1,7 +1,9 @@
 // Library-wide state: errors, init, threads, seeds, generators, grad mode.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/version.h>
 
 #include <cstring>
 
@@ -70,6 +72,25 @@ std::vector<at::Tensor> tensor_list(const sl_tensor* handles, int32_t count, con
 extern "C" {
 
 int32_t sl_abi_version(void) { return SL_ABI_VERSION; }
+
+const char* sl_torch_version_compiled(void) { return TORCH_VERSION; }
+
+sl_status sl_torch_version_loaded(const char** out) {
+  SL_TRY
+  // libtorch has no runtime version call; at::show_config() of the loaded libtorch_cpu lists its build settings,
+  // TORCH_VERSION among them ("..., TORCH_VERSION=1.13.0, USE_CUDA=OFF, ...").
+  static const std::string loaded = [] {
+    const std::string config = at::show_config();
+    const std::string key = "TORCH_VERSION=";
+    const auto start = config.find(key);
+    if (start == std::string::npos) return std::string();
+    const auto from = start + key.size();
+    const auto end = config.find_first_of(", \n", from);
+    return config.substr(from, end == std::string::npos ? std::string::npos : end - from);
+  }();
+  SL_OUT(out) = loaded.c_str();
+  SL_CATCH
+}
 
 const char* sl_last_error(void) { return sl::t_error.c_str(); }
 
