@@ -74,25 +74,21 @@ internal static class SweepCommand
 
     private static int Run(CliContext context, SweepOptions options, ScalarType dtype, int nproc, TimeSpan timeout)
     {
-        var job = DistributedCli.Environment();
-        if (job is null && nproc > 1) return DistributedCli.Launch(context, nproc, timeout);
         if (options.BatchSize < 1) throw new CliException($"--batch-size must be at least 1, got {options.BatchSize}");
         if (options.ChunkSize < 1) throw new CliException($"--chunk-size must be at least 1, got {options.ChunkSize}");
         if (options.Exact < 0) throw new CliException($"--exact must be 0 or more, got {options.Exact}");
         if (!File.Exists(options.PromptsPath)) throw new CliException($"prompts file '{options.PromptsPath}' does not exist");
+        var job = DistributedCli.Environment();
+        if (job is null && nproc > 1) return DistributedCli.Launch(context, nproc, timeout);
+        // A worker joins before loading the model: a rank that then fails is reported to the others through the launcher,
+        // instead of leaving them waiting for it to join.
+        using var session = job is null ? null : DistributedCli.Join(job, nproc, timeout);
         var tokenizer = GenerateCommand.TryLoadTokenizer(options.ModelDirectory);
         using var bridge = CliSupport.LoadBridge(options.ModelDirectory, new BridgeOptions { DType = dtype });
         try
         {
-            if (job is null)
-            {
-                AttributionSweep.Run(bridge, tokenizer, options, context.Out, context.Error);
-            }
-            else
-            {
-                using var session = DistributedCli.Join(job, nproc, timeout);
-                DistributedSweep.Run(bridge, tokenizer, options, session, context.Out, context.Error, ChunkDelay());
-            }
+            if (session is null) AttributionSweep.Run(bridge, tokenizer, options, context.Out, context.Error);
+            else DistributedSweep.Run(bridge, tokenizer, options, session, context.Out, context.Error, ChunkDelay());
         }
         catch (SweepException e)
         {
