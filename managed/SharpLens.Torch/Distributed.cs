@@ -236,7 +236,8 @@ public sealed unsafe class DistributedStore : IDisposable
     /// </summary>
     public static DistributedStore Host(string host, int port, TimeSpan timeout, int worldSize = 0) => Open(host, port, true, worldSize, timeout);
 
-    /// <summary>Connects to the TCPStore at <paramref name="host"/>:<paramref name="port"/>, retrying until <paramref name="timeout"/>.</summary>
+    /// <summary>Connects to the TCPStore at <paramref name="host"/>:<paramref name="port"/>, retrying until <paramref name="timeout"/>
+    /// (libtorch 1.13 counts it in whole seconds: give at least one).</summary>
     public static DistributedStore Connect(string host, int port, TimeSpan timeout, int worldSize = 0) => Open(host, port, false, worldSize, timeout);
 
     private static DistributedStore Open(string host, int port, bool server, int worldSize, TimeSpan timeout)

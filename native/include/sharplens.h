@@ -399,7 +399,8 @@ typedef struct sl_process_group_t* sl_process_group; /* a c10d backend bound to 
 SL_API sl_status sl_dist_available(int32_t* available, const char** reason);
 /* A TCPStore (torch.distributed.TCPStore). is_server = 1 hosts it on port (0: a free port the OS picks; read it
  * with sl_dist_store_port) and also connects to it; is_server = 0 connects to host:port, retrying until timeout_ms,
- * then fails with a message naming host, port and timeout. world_size > 0 makes the server wait for that many
+ * then fails with a message naming host, port and timeout (libtorch 1.13 counts the connect timeout in whole seconds:
+ * give at least 1000 ms). world_size > 0 makes the server wait for that many
  * clients (wait_workers) within timeout_ms; <= 0 does not wait. timeout_ms is also the store's default timeout
  * for get and wait. */
 SL_API sl_status sl_dist_store_tcp(const char* host, int32_t port, int32_t is_server, int32_t world_size,
