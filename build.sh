@@ -29,6 +29,8 @@ ensure_dependencies() {
      [ ! -f /usr/lib/x86_64-linux-gnu/cmake/Torch/TorchConfig.cmake ]; then missing+=(libtorch-dev); fi
   # OpenBLAS matters: the reference BLAS Debian falls back to is ten times slower.
   dpkg -s libopenblas0-openmp >/dev/null 2>&1 || missing+=(libopenblas0-openmp)
+  # Gloo's headers: Debian's libtorch has torch.distributed (c10d + Gloo) but ships Gloo's headers separately.
+  if [ -z "${SHARPLENS_LIBTORCH:-}" ] && [ -z "${Torch_DIR:-}" ]; then dpkg -s libgloo-dev >/dev/null 2>&1 || missing+=(libgloo-dev); fi
   command -v cmake >/dev/null || missing+=(cmake)
   command -v g++ >/dev/null || missing+=(g++)
   command -v make >/dev/null || missing+=(make)

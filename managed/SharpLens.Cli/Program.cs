@@ -34,7 +34,7 @@ public static class Program
         ArgumentNullException.ThrowIfNull(args);
         ArgumentNullException.ThrowIfNull(stdout);
         ArgumentNullException.ThrowIfNull(stderr);
-        var context = new CliContext(stdout, stderr) { PerturbReference = perturbReference };
+        var context = new CliContext(stdout, stderr) { PerturbReference = perturbReference, Arguments = args };
         var root = BuildRootCommand(context);
         ParseResult parsed;
         try
@@ -103,6 +103,9 @@ public sealed class CliContext(TextWriter stdout, TextWriter stderr)
 
     /// <summary>Where errors go.</summary>
     public TextWriter Error { get; } = stderr;
+
+    /// <summary>The command line of this run (a launcher starts its workers with the same one).</summary>
+    public IReadOnlyList<string> Arguments { get; init; } = [];
 
     /// <summary>Test seam: applied to <c>lens verify</c>'s reference model before the checks run.</summary>
     internal Action<HookedTransformer>? PerturbReference { get; init; }

@@ -416,6 +416,67 @@ SL_API sl_status sl_optim_zero_grad(sl_optimizer opt, int32_t set_to_none);
  * *out = NULL when that state does not exist yet. */
 SL_API sl_status sl_optim_state(sl_optimizer opt, int32_t group, int32_t index, const char* name, sl_tensor* out);
 
+/* ---------------------------------------------------------------- distributed (torch.distributed c10d)
+ * libtorch's own c10d: a TCPStore for rendezvous and coordination, ProcessGroupGloo for collectives on CPU
+ * tensors and ProcessGroupNCCL for CUDA tensors (only in builds with CUDA and NCCL). Built only where libtorch
+ * has distributed support (checked at CMake time); elsewhere every sl_dist_* call but sl_dist_available fails with
+ * SL_ERR_STD and a message that starts "SharpLens was built without distributed support". Every blocking call
+ * has a timeout: a store call or collective that waits longer fails with a message naming what it waited for. */
+typedef struct sl_store_t* sl_store;                 /* c10::intrusive_ptr<c10d::Store> */
+typedef struct sl_process_group_t* sl_process_group; /* a c10d backend bound to a store, a rank and a size */
+
+/* *available = 1 when built with distributed support; *reason = why not otherwise ("" when available; static). */
+SL_API sl_status sl_dist_available(int32_t* available, const char** reason);
+/* A TCPStore (torch.distributed.TCPStore). is_server = 1 hosts it on port (0: a free port the OS picks; read it
+ * with sl_dist_store_port) and also connects to it; is_server = 0 connects to host:port, retrying until timeout_ms,
+ * then fails with a message naming host, port and timeout (libtorch 1.13 counts the connect timeout in whole seconds:
+ * give at least 1000 ms). world_size > 0 makes the server wait for that many
+ * clients (wait_workers) within timeout_ms; <= 0 does not wait. timeout_ms is also the store's default timeout
+ * for get and wait. */
+SL_API sl_status sl_dist_store_tcp(const char* host, int32_t port, int32_t is_server, int32_t world_size,
+                                   int64_t timeout_ms, sl_store* out);
+/* A view of store in which key k is prefix + "/" + k (c10d::PrefixStore), for one job or process group in a shared store. */
+SL_API sl_status sl_dist_store_prefix(sl_store store, const char* prefix, sl_store* out);
+SL_API sl_status sl_dist_store_free(sl_store store);
+SL_API sl_status sl_dist_store_port(sl_store store, int32_t* out);
+SL_API sl_status sl_dist_store_set(sl_store store, const char* key, const uint8_t* value, int64_t length);
+/* Waits (up to the store's timeout) for key, then returns a copy of its value, allocated by the library: free it
+ * with sl_dist_buffer_free. A zero-length value gives *value = NULL. */
+SL_API sl_status sl_dist_store_get(sl_store store, const char* key, uint8_t** value, int64_t* length);
+/* Atomically adds delta to the integer stored at key (a missing key counts as 0) and returns the new value. */
+SL_API sl_status sl_dist_store_add(sl_store store, const char* key, int64_t delta, int64_t* out);
+/* Atomically: if key holds expected (or is missing and expected_length is 0), it is set to desired. Returns the value
+ * key holds afterwards (desired on success, the current value otherwise; a missing key returns expected), allocated
+ * as for sl_dist_store_get. */
+SL_API sl_status sl_dist_store_compare_set(sl_store store, const char* key, const uint8_t* expected, int64_t expected_length,
+                                           const uint8_t* desired, int64_t desired_length, uint8_t** value, int64_t* length);
+/* Waits until every key exists, at most timeout_ms (< 0: the store's timeout); fails naming the keys on timeout. */
+SL_API sl_status sl_dist_store_wait(sl_store store, const char* const* keys, int32_t count, int64_t timeout_ms);
+/* *out = 1 when every key exists now (no waiting). */
+SL_API sl_status sl_dist_store_check(sl_store store, const char* const* keys, int32_t count, int32_t* out);
+/* *out = 1 when key existed and was deleted. */
+SL_API sl_status sl_dist_store_delete(sl_store store, const char* key, int32_t* out);
+SL_API sl_status sl_dist_buffer_free(uint8_t* buffer);
+
+enum { SL_DIST_BACKEND_GLOO = 0, SL_DIST_BACKEND_NCCL = 1 };
+enum { SL_DIST_SUM = 0, SL_DIST_PRODUCT = 1, SL_DIST_MIN = 2, SL_DIST_MAX = 3 };
+/* A process group of world_size ranks meeting through store (all ranks call this with the same store keys; it returns
+ * once every rank has joined, or fails after timeout_ms). Gloo picks its network interface from GLOO_SOCKET_IFNAME
+ * when set, else this machine's hostname (loopback if that does not resolve), as torch.distributed does. timeout_ms
+ * bounds every later collective too. */
+SL_API sl_status sl_dist_process_group_new(sl_store store, int32_t backend, int32_t rank, int32_t world_size,
+                                           int64_t timeout_ms, sl_process_group* out);
+SL_API sl_status sl_dist_process_group_free(sl_process_group group);
+SL_API sl_status sl_dist_barrier(sl_process_group group);
+/* In place on every rank's tensor (same shape and dtype everywhere). */
+SL_API sl_status sl_dist_all_reduce(sl_process_group group, sl_tensor tensor, int32_t op);
+/* Several tensors in one collective (flattened into one buffer and copied back), as DDP buckets gradients. */
+SL_API sl_status sl_dist_all_reduce_many(sl_process_group group, const sl_tensor* tensors, int32_t count, int32_t op);
+/* Every rank's input (same shape and dtype everywhere), stacked in rank order: *out = [world_size, ...input shape]. */
+SL_API sl_status sl_dist_all_gather(sl_process_group group, sl_tensor input, sl_tensor* out);
+/* In place: every rank's tensor takes root's values. */
+SL_API sl_status sl_dist_broadcast(sl_process_group group, sl_tensor tensor, int32_t root);
+
 #ifdef __cplusplus
 }
 #endif

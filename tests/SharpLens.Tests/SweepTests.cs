@@ -31,7 +31,7 @@ public class SweepTests
     private static string Model => Fixtures.Path("tiny-gpt2");
 
     /// <summary>Seeded random pairs: a random clean prompt, the corrupted one differs at one or two positions.</summary>
-    private static List<PromptPair> RandomPairs(int count, int seed, int minLength = 5, int maxLength = 10)
+    internal static List<PromptPair> RandomPairs(int count, int seed, int minLength = 5, int maxLength = 10)
     {
         var rng = new Random(seed);
         var pairs = new List<PromptPair>();
@@ -48,10 +48,13 @@ public class SweepTests
         return pairs;
     }
 
-    private string WritePrompts(string name, IEnumerable<PromptPair> pairs)
+    private string WritePrompts(string name, IEnumerable<PromptPair> pairs) => WritePrompts(_tmp, name, pairs);
+
+    /// <summary>Writes the pairs as a prompts file (ids) <paramref name="name"/> in <paramref name="dir"/>.</summary>
+    internal static string WritePrompts(string dir, string name, IEnumerable<PromptPair> pairs)
     {
         var lines = pairs.Select(p => JsonSerializer.Serialize(new { clean = p.Clean, corrupted = p.Corrupted, answer = p.Answer, wrong = p.Wrong })).ToList();
-        var path = Path.Combine(_tmp, name);
+        var path = Path.Combine(dir, name);
         File.WriteAllText(path, string.Join("\n", lines) + "\n");
         return path;
     }
@@ -177,7 +180,7 @@ public class SweepTests
 
     // ------------------------------------------------------------------ lens sweep
 
-    private static (int Code, string Out, string Err) Lens(params string[] args)
+    internal static (int Code, string Out, string Err) Lens(params string[] args)
     {
         var o = new StringWriter();
         var e = new StringWriter();
@@ -185,9 +188,9 @@ public class SweepTests
         return (code, o.ToString(), e.ToString());
     }
 
-    private static string[] CsvLines(string dir) => File.ReadAllLines(Path.Combine(dir, "summary.csv"));
+    internal static string[] CsvLines(string dir) => File.ReadAllLines(Path.Combine(dir, "summary.csv"));
 
-    private static List<string> ChunkFiles(string dir) =>
+    internal static List<string> ChunkFiles(string dir) =>
         Directory.GetFiles(dir, "chunk-*.safetensors").Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList()!;
 
     [Test]
@@ -297,7 +300,7 @@ public class SweepTests
     }
 
     /// <summary>The command that runs the lens CLI built next to the tests, as a separate process.</summary>
-    private static ProcessStartInfo LensProcess(IEnumerable<string> args)
+    internal static ProcessStartInfo LensProcess(IEnumerable<string> args)
     {
         var dll = Path.Combine(TestContext.CurrentContext.TestDirectory, "lens.dll");
         Assert.That(File.Exists(dll), $"the lens CLI is not next to the tests: {dll}");

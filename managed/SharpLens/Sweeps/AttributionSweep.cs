@@ -29,6 +29,9 @@ public sealed record SweepOptions
     public bool FailOnBadLines { get; init; }
     /// <summary>Prepend BOS to prompts given as text; null: when the tokenizer has a BOS token.</summary>
     public bool? PrependBos { get; init; }
+    /// <summary>Also write <c>mean.safetensors</c>, the mean of every site's estimates over all pairs (see <see cref="SweepMean"/>).
+    /// An output, not an argument of the sweep: a sweep may be continued with or without it.</summary>
+    public bool AggregateMean { get; init; }
 }
 
 /// <summary>What a run of <see cref="AttributionSweep.Run"/> did.</summary>
@@ -60,7 +63,7 @@ public static class AttributionSweep
     /// <summary>The summary's file name.</summary>
     public const string SummaryName = "summary.csv";
     private const string LockName = ".lock";
-    private const string ManifestFormat = "lens-sweep/1";
+    internal const string ManifestFormat = "lens-sweep/1";
 
     /// <summary>The file name of chunk <paramref name="index"/>.</summary>
     public static string ChunkName(int index) => $"chunk-{index:D5}.safetensors";
@@ -72,9 +75,27 @@ public static class AttributionSweep
     /// that holds something else, another sweep running there, or a sweep with different arguments.</exception>
     public static SweepSummary Run(TransformerBridge model, BpeTokenizer? tokenizer, SweepOptions options, TextWriter output, TextWriter errors)
     {
+        ArgumentNullException.ThrowIfNull(output);
+        var plan = Prepare(model, tokenizer, options, errors);
+        using var dirLock = Lock(plan.Directory);
+        try
+        {
+            return RunLocked(plan, output, errors);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new SweepException($"cannot write to output folder '{options.OutputDirectory}': {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// Everything a run needs before it touches the output folder's contents: checked options, the valid pairs (bad lines
+    /// reported to <paramref name="errors"/>), the chunking, the arguments and their hash; creates the folder.
+    /// </summary>
+    internal static SweepPlan Prepare(TransformerBridge model, BpeTokenizer? tokenizer, SweepOptions options, TextWriter errors)
+    {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
-        ArgumentNullException.ThrowIfNull(output);
         ArgumentNullException.ThrowIfNull(errors);
         if (options.BatchSize < 1) throw new SweepException($"--batch-size must be at least 1, got {options.BatchSize}");
         if (options.ChunkSize < 1) throw new SweepException($"--chunk-size must be at least 1, got {options.ChunkSize}");
@@ -137,26 +158,17 @@ public static class AttributionSweep
             throw new SweepException($"cannot create output folder '{options.OutputDirectory}': {e.Message}", e);
         }
 
-        using var dirLock = Lock(dir);
-        try
-        {
-            return RunLocked(options, output, errors, dir, pairs, prompts.Errors.Count, positions, chunks, storage, patcher, arguments, argumentsHash);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new SweepException($"cannot write to output folder '{options.OutputDirectory}': {e.Message}", e);
-        }
+        return new SweepPlan(options, dir, pairs, prompts.Errors.Count, positions, chunks, storage, patcher, arguments, argumentsHash);
     }
 
-    private static SweepSummary RunLocked(SweepOptions options, TextWriter output, TextWriter errors, string dir,
-        IReadOnlyList<PromptPair> pairs, int skippedLines, int positions, int chunks, ScalarType storage, AttributionPatcher patcher,
-        SortedDictionary<string, string> arguments, string argumentsHash)
+    /// <summary>
+    /// Reads the folder's manifest and checks that it belongs to this sweep, or, in a folder that holds nothing else, writes a
+    /// new one (first, so the folder is recognised as this sweep's from then on). Sets its pair, position and chunk counts.
+    /// </summary>
+    internal static Manifest OpenManifest(SweepPlan plan)
     {
-        RemoveTemporaryFiles(dir);
+        var (options, dir, arguments, argumentsHash) = (plan.Options, plan.Directory, plan.Arguments, plan.ArgumentsHash);
         var manifestPath = Path.Combine(dir, ManifestName);
-        var csvPath = Path.Combine(dir, SummaryName);
-        var header = Encoding.UTF8.GetBytes(SweepChunk.SummaryHeader + "\n");
-
         Manifest manifest;
         if (File.Exists(manifestPath))
         {
@@ -174,9 +186,29 @@ public static class AttributionSweep
             manifest = new Manifest { Format = ManifestFormat, Arguments = arguments, ArgumentsHash = argumentsHash };
             manifest.Write(manifestPath);  // first, so that the folder is recognised as this sweep's from now on
         }
-        manifest.Pairs = pairs.Count;
-        manifest.Positions = positions;
-        manifest.Chunks = chunks;
+        manifest.Pairs = plan.Pairs.Count;
+        manifest.Positions = plan.Positions;
+        manifest.Chunks = plan.Chunks;
+        return manifest;
+    }
+
+    /// <summary>The metadata every chunk file of this sweep carries.</summary>
+    internal static Dictionary<string, string> ChunkMetadata(SweepPlan plan) => new()
+    {
+        ["producer"] = "SharpLens lens sweep",
+        ["arguments_sha256"] = plan.ArgumentsHash,
+        ["model_dir"] = plan.Arguments["model"],
+        ["dtype"] = plan.Arguments["dtype"],
+    };
+
+    private static SweepSummary RunLocked(SweepPlan plan, TextWriter output, TextWriter errors)
+    {
+        var (options, dir, pairs, positions, chunks) = (plan.Options, plan.Directory, plan.Pairs, plan.Positions, plan.Chunks);
+        RemoveTemporaryFiles(dir);
+        var manifestPath = Path.Combine(dir, ManifestName);
+        var csvPath = Path.Combine(dir, SummaryName);
+        var header = SummaryHeaderBytes;
+        var manifest = OpenManifest(plan);
 
         // What is really complete: the manifest's chunks, in order, as long as their files exist.
         var kept = new List<Manifest.Entry>();
@@ -213,19 +245,13 @@ public static class AttributionSweep
                 : $"resuming: {alreadyDone} of {chunks} chunk(s) already complete ({Math.Min(pairs.Count, alreadyDone * options.ChunkSize)} of {pairs.Count} pairs)");
         output.Flush();
 
-        var metadata = new Dictionary<string, string>
-        {
-            ["producer"] = "SharpLens lens sweep",
-            ["arguments_sha256"] = argumentsHash,
-            ["model_dir"] = arguments["model"],
-            ["dtype"] = arguments["dtype"],
-        };
+        var metadata = ChunkMetadata(plan);
         var clock = Stopwatch.StartNew();
         var pairsThisRun = 0;
         for (var c = alreadyDone; c < chunks; c++)
         {
-            var chunkPairs = pairs.Skip(c * options.ChunkSize).Take(options.ChunkSize).ToList();
-            var chunk = SweepChunk.Compute(patcher, c, chunkPairs, positions, options.BatchSize, options.Exact, storage);
+            var chunkPairs = plan.ChunkPairs(c);
+            var chunk = SweepChunk.Compute(plan.Patcher, c, chunkPairs, positions, options.BatchSize, options.Exact, plan.Storage);
             var file = ChunkName(c);
             chunk.Save(Path.Combine(dir, file), metadata);
 
@@ -249,13 +275,18 @@ public static class AttributionSweep
                 $"chunk {c + 1}/{chunks}: {done}/{pairs.Count} pairs ({100.0 * done / pairs.Count:0.0}%), {rate:0.0} pairs/s, ETA {(int)eta.TotalHours}:{eta:mm\\:ss}"));
             output.Flush();
         }
+        if (options.AggregateMean) SweepMean.Write(plan, group: null, output);
         if (chunks > alreadyDone)
             output.WriteLine($"done: {pairs.Count} pair(s) in {chunks} chunk(s) under {options.OutputDirectory} (summary: {SummaryName})");
         output.Flush();
-        return new SweepSummary(pairs.Count, skippedLines, chunks, alreadyDone, chunks - alreadyDone);
+        return new SweepSummary(pairs.Count, plan.SkippedLines, chunks, alreadyDone, chunks - alreadyDone);
     }
 
-    private static void RebuildCsv(string dir, string csvPath, byte[] header, List<Manifest.Entry> kept)
+    /// <summary>The first line of <c>summary.csv</c>, as bytes.</summary>
+    internal static byte[] SummaryHeaderBytes => Encoding.UTF8.GetBytes(SweepChunk.SummaryHeader + "\n");
+
+    /// <summary>Writes <c>summary.csv</c> afresh (atomically) from the chunk files of <paramref name="kept"/>, in order, recording each entry's CSV length.</summary>
+    internal static void RebuildCsv(string dir, string csvPath, byte[] header, List<Manifest.Entry> kept)
     {
         using var buffer = new MemoryStream();
         buffer.Write(header);
@@ -276,7 +307,7 @@ public static class AttributionSweep
         WriteAtomically(csvPath, buffer.ToArray());
     }
 
-    private static IDisposable Lock(string dir)
+    internal static IDisposable Lock(string dir)
     {
         try
         {
@@ -289,13 +320,14 @@ public static class AttributionSweep
         }
     }
 
-    private static void RemoveTemporaryFiles(string dir)
+    internal static void RemoveTemporaryFiles(string dir)
     {
         foreach (var f in Directory.EnumerateFiles(dir, "*.tmp"))
         {
-            var name = Path.GetFileName(f);
-            if (name.StartsWith(".chunk-", StringComparison.Ordinal) || name.StartsWith("." + ManifestName, StringComparison.Ordinal) ||
-                name.StartsWith("." + SummaryName, StringComparison.Ordinal))
+            // .chunk-N.safetensors.GUID.tmp, and the temporary of that temporary that SafeTensors.Save writes first (..chunk-).
+            var name = Path.GetFileName(f).TrimStart('.');
+            if (name.StartsWith("chunk-", StringComparison.Ordinal) || name.StartsWith(ManifestName, StringComparison.Ordinal) ||
+                name.StartsWith(SummaryName, StringComparison.Ordinal) || name.StartsWith(SweepMean.FileName, StringComparison.Ordinal))
                 File.Delete(f);
         }
     }
@@ -356,7 +388,7 @@ public static class AttributionSweep
     private static string Sha256(byte[] data) => Convert.ToHexStringLower(SHA256.HashData(data));
 
     /// <summary>DIR/manifest.json.</summary>
-    private sealed class Manifest
+    internal sealed class Manifest
     {
         private static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true };
 
@@ -393,4 +425,12 @@ public static class AttributionSweep
 
         public void Write(string path) => WriteAtomically(path, JsonSerializer.SerializeToUtf8Bytes(this, Json));
     }
+}
+
+/// <summary>A prepared sweep: its options, folder, valid pairs, chunking, storage dtype, patcher and arguments (with their hash).</summary>
+internal sealed record SweepPlan(SweepOptions Options, string Directory, IReadOnlyList<PromptPair> Pairs, int SkippedLines, int Positions, int Chunks,
+    ScalarType Storage, AttributionPatcher Patcher, SortedDictionary<string, string> Arguments, string ArgumentsHash)
+{
+    /// <summary>The pairs of chunk <paramref name="index"/>.</summary>
+    public List<PromptPair> ChunkPairs(int index) => Pairs.Skip(index * Options.ChunkSize).Take(Options.ChunkSize).ToList();
 }
