@@ -112,6 +112,9 @@ internal static class CacheCommand
             using var batchScope = Torch.NewScope();
             var batch = batches[i]();
             var prefix = $"b{i}.";
+            if (s.Backward == "loss" && batch.Tokens.Size(1) < 2)
+                throw new CliException($"batch {i} has rows of 1 token: its next-token loss is undefined (NaN, as HuggingFace's), so " +
+                                       "--backward loss has nothing to differentiate; use --backward last-logits-sum, or rows of 2 tokens or more");
             foreach (var p in bridge.Parameters()) p.Grad = null;
             Tensor logits;
             ActivationCache cache;
@@ -209,8 +212,8 @@ internal static class CacheCommand
         }
         var lengths = encoded.Lengths;
         var maxLength = lengths.Max();
-        if (lengths.Min() < 2)
-            throw new CliException($"--text '{texts[Array.IndexOf(lengths, lengths.Min())]}' gives {lengths.Min()} token(s); the next-token loss needs at least 2");
+        if (lengths.Min() < 1)
+            throw new CliException($"--text '{texts[Array.IndexOf(lengths, lengths.Min())]}' gives no tokens; give some text or --prepend-bos");
         if (maxLength > bridge.Config.NCtx)
             throw new CliException($"--text gives {maxLength} tokens, more than the model's context of {bridge.Config.NCtx}");
         using (var hi = encoded.Tokens.Max())

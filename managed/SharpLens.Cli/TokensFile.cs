@@ -89,15 +89,16 @@ public sealed class TokensFile
         }
     }
 
-    /// <summary>Checks every id against the model's vocabulary and every row against its context (and the loss's two positions).</summary>
+    /// <summary>
+    /// Checks every id against the model's vocabulary and every row against its context. One-token rows are valid (their
+    /// next-token loss is NaN, as HuggingFace's; commands that need the loss say so themselves).
+    /// </summary>
     public void CheckAgainst(TransformerConfig config, IEnumerable<int>? batchIndices = null)
     {
         foreach (var b in batchIndices ?? Enumerable.Range(0, Batches.Count))
         {
             var rows = Batches[b];
             var length = rows[0].Length;
-            if (length < 2)
-                throw Fault(Path, $"batch {b} has rows of {length} token; the next-token loss needs at least 2 tokens per row");
             if (length > config.NCtx)
                 throw Fault(Path, $"batch {b} has rows of {length} tokens, more than the model's context of {config.NCtx}");
             for (var r = 0; r < rows.Length; r++)

@@ -71,6 +71,9 @@ internal static class TrainCommand
         using var session = job is null ? null : DistributedCli.Join(job, s.Nproc, s.Timeout);
         using var bridge = CliSupport.LoadBridge(s.ModelDir, new BridgeOptions { DType = s.DType });
         tokensFile.CheckAgainst(bridge.Config, [s.Batch]);
+        if (tokensFile.Batches[s.Batch][0].Length < 2)
+            throw new CliException($"{tokensFile.Path}: batch {s.Batch} has rows of 1 token: its next-token loss is undefined (NaN), " +
+                                   "so there is nothing to train on; lens train needs rows of at least 2 tokens");
         var tokens = tokensFile.ToTensor(s.Batch);
         var shard = session is null ? null : new DataParallel(session.Group, bridge.Parameters(), rows);
         if (shard is not null) tokens = shard.Rows(tokens);

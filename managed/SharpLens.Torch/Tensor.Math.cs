@@ -328,6 +328,9 @@ public sealed unsafe partial class Tensor
 
     // ------------------------------------------------------------------ neural-network functions
 
+    /// <summary>Running sum along a dimension (torch.cumsum; integer inputs sum in int64).</summary>
+    public Tensor Cumsum(long dim) => Wrap(NativeMethods.sl_tensor_cumsum(Handle, dim, out var r), r);
+
     /// <summary>Softmax along a dimension, optionally computed in another dtype (e.g. float32 for half inputs).</summary>
     public Tensor Softmax(long dim, ScalarType? dtype = null) =>
         Wrap(NativeMethods.sl_tensor_softmax(Handle, dim, dtype.HasValue ? (int)dtype.Value : -1, out var r), r);

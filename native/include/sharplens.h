@@ -236,6 +236,8 @@ SL_API sl_status sl_tensor_equal(sl_tensor a, sl_tensor b, int32_t* out);
 /* ---------------------------------------------------------------- tensor: neural-network functions */
 /* dtype < 0: keep the input's dtype; otherwise compute in that dtype. */
 SL_API sl_status sl_tensor_softmax(sl_tensor t, int64_t dim, int32_t dtype, sl_tensor* out);
+/* Running sum along dim (integer inputs sum in int64). */
+SL_API sl_status sl_tensor_cumsum(sl_tensor t, int64_t dim, sl_tensor* out);
 SL_API sl_status sl_tensor_log_softmax(sl_tensor t, int64_t dim, int32_t dtype, sl_tensor* out);
 SL_API sl_status sl_tensor_layer_norm(sl_tensor t, const int64_t* normalized_shape, int32_t ndim, sl_tensor weight,
                                       sl_tensor bias, double eps, sl_tensor* out);

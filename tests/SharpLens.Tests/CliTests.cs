@@ -480,6 +480,135 @@ public class CliErrorTests : CliTestBase
         });
     }
 
+    /// <summary>A copy of tiny-gpt2 in the temp folder, to break.</summary>
+    private string CopyModel(string name)
+    {
+        var dir = TempPath(name);
+        Directory.CreateDirectory(dir);
+        foreach (var f in new[] { "config.json", "model.safetensors" }) File.Copy(Path.Combine(ModelDir, f), Path.Combine(dir, f));
+        return dir;
+    }
+
+    private static void AssertOneLine(CliResult r) =>
+        Assert.That(r.Error.TrimEnd().Split('\n'), Has.Length.EqualTo(1), $"one line naming the file and the fault:\n{r.Error}");
+
+    [Test]
+    public void PickleOnlyFolderIsRefusedWithHowToConvert()
+    {
+        var dir = CopyModel("pickle-only");
+        File.Delete(Path.Combine(dir, "model.safetensors"));
+        File.WriteAllBytes(Path.Combine(dir, "pytorch_model.bin"), [0x80, 0x02, 0x7d, 0x71]);  // a pickle's first bytes
+        var r = Lens("cache", dir, "--tokens", GoodTokens, "--out", TempPath("x.safetensors"));
+        AssertUserError(r, "pytorch_model.bin", "safetensors", "save_pretrained");
+        AssertOneLine(r);
+    }
+
+    [Test]
+    public void ShardedCheckpointNamingAMissingShard()
+    {
+        var dir = CopyModel("sharded");
+        File.Move(Path.Combine(dir, "model.safetensors"), Path.Combine(dir, "model-00001-of-00002.safetensors"));
+        using (var file = SharpLens.Tensors.IO.SafeTensorsFile.Open(Path.Combine(dir, "model-00001-of-00002.safetensors")))
+        {
+            var map = file.Names.ToDictionary(n => n, n => n == "transformer.ln_f.bias" ? "model-00002-of-00002.safetensors" : "model-00001-of-00002.safetensors");
+            File.WriteAllText(Path.Combine(dir, "model.safetensors.index.json"), JsonSerializer.Serialize(new { metadata = new { }, weight_map = map }));
+        }
+        var r = Lens("params", dir, "--out", TempPath("x.safetensors"));
+        AssertUserError(r, "model.safetensors.index.json", "model-00002-of-00002.safetensors", "does not exist");
+        AssertOneLine(r);
+    }
+
+    [Test]
+    public void UnknownModelTypeListsTheSupportedOnes()
+    {
+        var dir = CopyModel("mamba");
+        var config = Path.Combine(dir, "config.json");
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"model_type\": \"gpt2\"", "\"model_type\": \"mamba\""));
+        var r = Lens("cache", dir, "--tokens", GoodTokens, "--out", TempPath("x.safetensors"));
+        AssertUserError(r, config, "'mamba'", "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi3");
+        AssertOneLine(r);
+    }
+
+    [Test]
+    public void NegativeTokenId()
+    {
+        var path = WriteTokens("negative.json", new[] { new[] { new long[] { 1, -3, 2 } } });
+        var r = Lens("cache", ModelDir, "--tokens", path, "--out", TempPath("x.safetensors"));
+        AssertUserError(r, path, "-3", "vocabulary");
+        AssertOneLine(r);
+    }
+
+    [Test]
+    public void EmptyBatch()
+    {
+        var path = TempPath("empty-batch.json");
+        File.WriteAllText(path, """{"batches": [[]]}""");
+        var r = Lens("cache", ModelDir, "--tokens", path, "--out", TempPath("x.safetensors"));
+        AssertUserError(r, path, "batch 0 has no rows");
+        AssertOneLine(r);
+    }
+
+    /// <summary>Batches of [3, 9], [1, 1] and [2, 40] in one file: all three are written; the one-token batch's loss is NaN, as HuggingFace's.</summary>
+    [Test]
+    public void OneTokenBatchesAreRunNotRefused()
+    {
+        long[] Row(int n, int seed) => Enumerable.Range(0, n).Select(i => (long)((seed * 37 + i * 11) % 1000)).ToArray();
+        var path = WriteTokens("mixed.json", new[]
+        {
+            Enumerable.Range(0, 3).Select(r => Row(9, r)).ToArray(),
+            new[] { Row(1, 7) },
+            Enumerable.Range(0, 2).Select(r => Row(40, r + 3)).ToArray(),
+        });
+        var outPath = TempPath("mixed.safetensors");
+        var r = Lens("cache", ModelDir, "--tokens", path, "--backward", "last-logits-sum", "--out", outPath);
+        AssertSuccess(r);
+        var results = Load(outPath);
+        try
+        {
+            Assert.That(results["b0.logits"].Shape, Is.EqualTo(new long[] { 3, 9, 1000 }));
+            Assert.That(results["b1.logits"].Shape, Is.EqualTo(new long[] { 1, 1, 1000 }));
+            Assert.That(results["b2.logits"].Shape, Is.EqualTo(new long[] { 2, 40, 1000 }));
+            Assert.That(double.IsNaN(results["b1.loss"].ToDouble()), Is.True, "a one-token row predicts nothing: NaN, as HuggingFace");
+            Assert.That(double.IsFinite(results["b0.loss"].ToDouble()) && double.IsFinite(results["b2.loss"].ToDouble()), Is.True);
+            // The one-token batch's logits are the first position of a longer run of the same token (causality).
+            using var bridge = TransformerBridge.Load(ModelDir);
+            using var scope = Torch.NewScope();
+            var longer = bridge.Forward(Torch.FromArray(Row(1, 7).Concat(Row(5, 2)).ToArray(), 1, 6)).Narrow(1, 0, 1);
+            Assert.That(MaxAbsDiff(longer, results["b1.logits"]), Is.LessThan(1e-5));
+            Assert.That(results.Keys, Does.Contain("b1.grad.param.transformer.wte.weight").And.Contain("b1.grad.blocks.0.hook_resid_pre"));
+        }
+        finally
+        {
+            Free(results);
+        }
+    }
+
+    [Test]
+    public void BackwardLossOnAOneTokenBatchNamesTheBatch()
+    {
+        var path = WriteTokens("one.json", new[] { new[] { new long[] { 1, 2 } }, new[] { new long[] { 5 } } });
+        var r = Lens("cache", ModelDir, "--tokens", path, "--backward", "loss", "--out", TempPath("x.safetensors"));
+        AssertUserError(r, "batch 1", "1 token", "last-logits-sum");
+        AssertOneLine(r);
+    }
+
+    [Test]
+    public void TrainOnAOneTokenBatchSaysWhy()
+    {
+        var path = WriteTokens("one.json", new[] { new[] { new long[] { 5 } } });
+        var r = Lens("train", ModelDir, "--tokens", path, "--steps", "1", "--out", TempPath("x.safetensors"));
+        AssertUserError(r, path, "batch 0", "1 token", "at least 2");
+    }
+
+    [Test]
+    public void VerifyOnAOneTokenBatchRunsTheChecksThatApply()
+    {
+        var path = WriteTokens("one.json", new[] { new[] { new long[] { 5 }, new long[] { 9 } } });
+        var r = Lens("verify", ModelDir, "--tokens", path);
+        AssertSuccess(r);
+        Assert.That(r.Out, Does.Contain("n/a").And.Contain("forward_logits").And.Contain("all checks passed"));
+    }
+
     [Test]
     public void MissingModelDirectory()
     {

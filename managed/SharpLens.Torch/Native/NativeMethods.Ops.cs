@@ -40,6 +40,7 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)] internal static partial int sl_tensor_equal(TensorHandle a, TensorHandle b, out int value);
 
     [LibraryImport(Library)] internal static partial int sl_tensor_softmax(TensorHandle t, long dim, int dtype, out nint result);
+    [LibraryImport(Library)] internal static partial int sl_tensor_cumsum(TensorHandle t, long dim, out nint result);
     [LibraryImport(Library)] internal static partial int sl_tensor_log_softmax(TensorHandle t, long dim, int dtype, out nint result);
     [LibraryImport(Library)] internal static partial int sl_tensor_layer_norm(TensorHandle t, long* normalizedShape, int ndim, TensorHandle weight, TensorHandle bias, double eps, out nint result);
     [LibraryImport(Library)] internal static partial int sl_tensor_linear(TensorHandle x, TensorHandle weight, TensorHandle bias, int layout, out nint result);

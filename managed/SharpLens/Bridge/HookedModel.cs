@@ -257,11 +257,17 @@ public abstract class HookedModel : IDisposable
         return LossFromLogits(logits.To(ScalarType.Float32), tokens, attentionMask, perToken).MoveToOuterScope();
     }
 
-    /// <summary>Next-token cross-entropy of given logits (see <see cref="Loss"/>).</summary>
+    /// <summary>
+    /// Next-token cross-entropy of given logits (see <see cref="Loss"/>). A one-token sequence predicts nothing: its mean loss
+    /// is NaN (0 / 0, as HuggingFace returns), per token it is [batch, 0], and the loss still has a graph whose backward gives
+    /// zero gradients. Logits and tokens must agree on [batch, pos].
+    /// </summary>
     public static Tensor LossFromLogits(Tensor logits, Tensor tokens, Tensor? attentionMask = null, bool perToken = false)
     {
+        if (logits.Dim != 3 || tokens.Dim != 2 || logits.Size(0) != tokens.Size(0) || logits.Size(1) != tokens.Size(1))
+            throw new ArgumentException($"logits [batch, pos, vocab] {Tensor.FormatShape(logits.Shape)} do not fit tokens [batch, pos] {Tensor.FormatShape(tokens.Shape)}");
         var (batch, pos, vocab) = (logits.Size(0), logits.Size(1), logits.Size(2));
-        if (pos < 2) throw new ArgumentException($"a next-token loss needs at least 2 positions, got {pos}");
+        if (pos == 0) throw new ArgumentException("a next-token loss needs at least one position, got an empty sequence");
         using var scope = Torch.NewScope();
         // Half-precision logits are upcast: log-softmax over a large vocabulary in 8 or 11 bits loses the loss,
         // and libtorch 1.13 has no float16 CPU kernel for it anyway. The loss is then float32.
@@ -335,9 +341,13 @@ public abstract class HookedModel : IDisposable
     {
         if (tokens.Dim != 2 || tokens.DType != ScalarType.Int64)
             throw new ArgumentException($"tokens must be int64 [batch, pos], got {tokens.DType.ToTorchName()} {Tensor.FormatShape(tokens.Shape)}");
+        // One behaviour for the library and the CLI: an empty batch or an empty sequence has nothing to run.
+        if (tokens.Size(0) == 0 || tokens.Size(1) == 0)
+            throw new ArgumentException($"tokens must have at least one row and one position, got {Tensor.FormatShape(tokens.Shape)}");
         if (tokens.Size(1) > Config.NCtx)
             throw new ArgumentException($"{tokens.Size(1)} positions exceed the model's context of {Config.NCtx}");
-        if (tokens.NumEl > 0)
+        // Token values can be read only where tensors hold data (not on the meta device).
+        if (tokens.NumEl > 0 && tokens.Device.Type != DeviceType.Meta)
         {
             using var lo = tokens.Min();
             using var hi = tokens.Max();
@@ -355,21 +365,14 @@ public abstract class HookedModel : IDisposable
     protected static Tensor Positions(long batch, long pos, Tensor? attentionMask, Device device)
     {
         if (attentionMask is null) return Torch.Arange(0, pos, 1, ScalarType.Int64, device).Unsqueeze(0).Expand(batch, pos).Contiguous();
-        using var asLong = attentionMask.To(Device.CPU, ScalarType.Int64);
-        var mask = asLong.ToArray<long>();
-        var ids = new long[mask.Length];
-        for (long b = 0; b < batch; b++)
-        {
-            long seen = 0;
-            for (long p = 0; p < pos; p++)
-            {
-                var k = b * pos + p;
-                ids[k] = Math.Max(0, seen + mask[k] - 1);
-                seen += mask[k] != 0 ? 1 : 0;
-            }
-        }
-        using var cpu = Torch.FromArray(ids, batch, pos);
-        return cpu.To(attentionMask.Device);
+        // max(0, (real tokens up to and including this one) - 1), on the mask's own device (no copy to the host), in int64
+        // throughout (a double scalar would promote the ids to floating point).
+        using var real = attentionMask.Ne(0).To(ScalarType.Int64);
+        using var count = real.Cumsum(1);
+        using var one = Torch.Ones([], ScalarType.Int64, attentionMask.Device);
+        using var zero = Torch.Zeros([], ScalarType.Int64, attentionMask.Device);
+        using var shifted = count.Sub(one);
+        return shifted.Maximum(zero);
     }
 
     /// <summary>Releases the model's weights.</summary>

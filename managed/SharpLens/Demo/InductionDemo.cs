@@ -183,7 +183,7 @@ public static class InductionDemo
             {
                 logits.Dispose();
                 scores = HeadDetectors.ScoreAll(cache, seqLen);
-                examples = PickExamples(cache, scores);
+                examples = PickExamples(cache, scores, options.InductionThreshold);
             }
         }
 
@@ -238,14 +238,22 @@ public static class InductionDemo
         };
     }
 
-    /// <summary>The example patterns: the best head by each score (each head once), from the first sequence.</summary>
-    private static List<PatternExample> PickExamples(ActivationCache cache, HeadScores scores)
+    /// <summary>
+    /// The example patterns: the best head by each score (each head once), from the first sequence. A head is called the
+    /// "top" head of a kind only when its score reaches <paramref name="threshold"/> (the induction threshold); otherwise
+    /// the caption says that no head qualifies and gives the best score.
+    /// </summary>
+    private static List<PatternExample> PickExamples(ActivationCache cache, HeadScores scores, double threshold)
     {
         var picks = new List<PatternExample>();
-        void Add(double[,] s, string why)
+        void Add(double[,] s, string kind)
         {
             var top = HeadScores.Ranked(s)[0];
             var head = new HeadRef(top.Layer, top.Head);
+            var score = s[top.Layer, top.Head];
+            var why = score >= threshold
+                ? $"top {kind} head"
+                : $"highest {kind} score, though no head reaches {Fmt(threshold, 2)}";
             if (picks.Any(p => p.Head == head)) return;
             using var scope = Torch.NewScope();
             var p = cache["pattern", head.Layer].Select(0, 0).Select(0, head.Head).To(Device.CPU, ScalarType.Float32).Contiguous();
@@ -257,9 +265,9 @@ public static class InductionDemo
                     m[i, j] = flat[i * n + j];
             picks.Add(new PatternExample(head, why, m));
         }
-        Add(scores.Induction, "top induction head");
-        Add(scores.PreviousToken, "top previous-token head");
-        Add(scores.DuplicateToken, "top duplicate-token head");
+        Add(scores.Induction, "induction");
+        Add(scores.PreviousToken, "previous-token");
+        Add(scores.DuplicateToken, "duplicate-token");
         return picks;
     }
 

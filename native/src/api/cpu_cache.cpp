@@ -6,8 +6,10 @@
 // byte limit, and hands them back to the next allocation of that class: the pages stay mapped and warm. Smaller
 // blocks go straight to the system allocator. The cache's contents can be released at any time.
 #include <c10/core/CPUAllocator.h>
+#include <torch/version.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <new>
 #include <unordered_map>
@@ -49,11 +51,20 @@ void* system_alloc(size_t n) {
   return p;
 }
 
+// libtorch 2.3 made c10::Allocator::allocate non-const and added copy_data as a pure virtual; one source serves both.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+#define SL_ALLOCATOR_2_3 1
+#define SL_ALLOCATE_CONST
+#else
+#define SL_ALLOCATOR_2_3 0
+#define SL_ALLOCATE_CONST const
+#endif
+
 class CachingCpuAllocator final : public c10::Allocator {
  public:
   CachingCpuAllocator() : limit_(default_limit()) {}
 
-  c10::DataPtr allocate(size_t n) const override {
+  c10::DataPtr allocate(size_t n) SL_ALLOCATE_CONST override {
     if (n == 0) return {nullptr, nullptr, &free_small, c10::Device(c10::DeviceType::CPU)};
     if (n < kMinCached) {
       void* p = system_alloc(n);
@@ -77,6 +88,13 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
   c10::DeleterFnPtr raw_deleter() const override { return &free_any; }
+
+#if SL_ALLOCATOR_2_3
+  // Host memory on both sides: a plain copy (what c10's default CPU allocator does).
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    if (count > 0) std::memcpy(dest, src, count);
+  }
+#endif
 
   void set_limit(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -54,6 +54,7 @@ at::Device to_device(int32_t device_type, int32_t device_index) {
   switch (device_type) {
     case 0: return at::Device(at::kCPU);
     case 1: return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device_index < 0 ? 0 : device_index));
+    case 2: return at::Device(at::kMeta);  // shapes and dtypes without data: device-placement checks on any machine
     default: throw ArgumentError("unsupported device type code " + std::to_string(device_type));
   }
 }

@@ -35,7 +35,7 @@ at::Tensor unary(int32_t op, const at::Tensor& x) {
     case SL_UNARY_CEIL: return x.ceil();
     case SL_UNARY_ROUND: return x.round();
     case SL_UNARY_ERF: return x.erf();
-    case SL_UNARY_ISNAN: return x.isnan();
+    case SL_UNARY_ISNAN: return x.is_meta() ? x.ne(x) : x.isnan();  // NaN alone differs from itself; meta has no isnan in 1.13
     case SL_UNARY_SQUARE: return x.square();
     case SL_UNARY_LOG1P: return x.log1p();
     default: throw sl::ArgumentError("unknown unary op " + std::to_string(op));
@@ -57,8 +57,9 @@ at::Tensor binary(int32_t op, const at::Tensor& a, const at::Tensor& b) {
     case SL_BINARY_LE: return a.le(b);
     case SL_BINARY_GT: return a.gt(b);
     case SL_BINARY_GE: return a.ge(b);
-    case SL_BINARY_LOGICAL_AND: return a.logical_and(b);
-    case SL_BINARY_LOGICAL_OR: return a.logical_or(b);
+    // libtorch 1.13 has no meta kernels for logical_and/or; min/max of the booleans are the same and have them.
+    case SL_BINARY_LOGICAL_AND: return a.is_meta() ? at::minimum(a.ne(0), b.ne(0)) : a.logical_and(b);
+    case SL_BINARY_LOGICAL_OR: return a.is_meta() ? at::maximum(a.ne(0), b.ne(0)) : a.logical_or(b);
     case SL_BINARY_MATMUL: return a.matmul(b);
     case SL_BINARY_BMM: return a.bmm(b);
     case SL_BINARY_REMAINDER: return a.remainder(b);
@@ -316,6 +317,12 @@ sl_status sl_tensor_allclose(sl_tensor a, sl_tensor b, double rtol, double atol,
 sl_status sl_tensor_equal(sl_tensor a, sl_tensor b, int32_t* out) {
   SL_TRY
   SL_OUT(out) = get(a, "a").equal(get(b, "b")) ? 1 : 0;
+  SL_CATCH
+}
+
+sl_status sl_tensor_cumsum(sl_tensor t, int64_t dim, sl_tensor* out) {
+  SL_TRY
+  SL_OUT(out) = new_handle(get(t).cumsum(dim));
   SL_CATCH
 }
 

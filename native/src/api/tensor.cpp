@@ -73,7 +73,7 @@ sl_status sl_tensor_dtype(sl_tensor t, int32_t* out) {
 sl_status sl_tensor_device(sl_tensor t, int32_t* device_type, int32_t* device_index) {
   SL_TRY
   auto d = get(t).device();
-  SL_OUT(device_type) = d.is_cuda() ? 1 : 0;
+  SL_OUT(device_type) = d.is_cuda() ? 1 : d.is_meta() ? 2 : 0;
   SL_OUT(device_index) = d.has_index() ? d.index() : (d.is_cuda() ? 0 : -1);
   SL_CATCH
 }
@@ -288,7 +288,16 @@ sl_status sl_tensor_flatten(sl_tensor t, int64_t start_dim, int64_t end_dim, sl_
 
 sl_status sl_tensor_index_select(sl_tensor t, int64_t dim, sl_tensor index, sl_tensor* out) {
   SL_TRY
-  SL_OUT(out) = new_handle(get(t).index_select(dim, get(index, "index")));
+  const auto& x = get(t);
+  const auto& i = get(index, "index");
+  if (!x.is_meta()) {
+    SL_OUT(out) = new_handle(x.index_select(dim, i));
+  } else {
+    // libtorch 1.13 has no meta kernel for index_select; advanced indexing along dim gives the same shape and has one.
+    if (i.dim() > 1) throw sl::ArgumentError("index_select's index must be 1-D, got " + c10::str(i.sizes()));
+    const int64_t d = c10::maybe_wrap_dim(dim, x.dim());
+    SL_OUT(out) = new_handle(at::index(x.transpose(0, d), {i}).transpose(0, d));
+  }
   SL_CATCH
 }
 
@@ -312,7 +321,16 @@ sl_status sl_tensor_masked_fill(sl_tensor t, sl_tensor mask, double value, sl_te
 
 sl_status sl_tensor_where(sl_tensor condition, sl_tensor a, sl_tensor b, sl_tensor* out) {
   SL_TRY
-  SL_OUT(out) = new_handle(at::where(get(condition, "condition"), get(a, "a"), get(b, "b")));
+  const auto &c = get(condition, "condition"), &x = get(a, "a"), &y = get(b, "b");
+  if (!c.is_meta()) {
+    SL_OUT(out) = new_handle(at::where(c, x, y));
+  } else {
+    // libtorch 1.13 has no meta kernel for where: the same shape, dtype and graph from arithmetic (meta has no values,
+    // so the arithmetic's NaN behaviour does not matter there).
+    const auto type = at::result_type(x, y);
+    const auto pick = c.to(type);
+    SL_OUT(out) = new_handle(x.to(type) * pick + y.to(type) * (1 - pick));
+  }
   SL_CATCH
 }
 

@@ -63,7 +63,9 @@ at::Tensor expand_kv_heads(const at::Tensor& kv, int64_t query_heads) {
   if (kv_heads <= 0 || query_heads % kv_heads != 0)
     throw sl::ArgumentError("query heads (" + std::to_string(query_heads) + ") must be a multiple of key/value heads (" +
                             std::to_string(kv_heads) + ")");
-  return kv.repeat_interleave(query_heads / kv_heads, 2);
+  // repeat_interleave over heads as expand + reshape (one copy, and a kernel on every device, meta included).
+  const int64_t group = query_heads / kv_heads;
+  return kv.unsqueeze(3).expand({kv.size(0), kv.size(1), kv_heads, group, kv.size(3)}).reshape({kv.size(0), kv.size(1), query_heads, kv.size(3)});
 }
 
 // [p_q, p_k] bool on `device`, true where the rule of kernels/attention_rule.h hides key j from query i: the
@@ -101,7 +103,7 @@ at::Tensor composed_scores(const at::Tensor& q, const at::Tensor& k_in, const c1
   auto mask = hidden_keys(pq, pk, options.window, q.device()).view({1, 1, pq, pk});
   if (key_mask) {
     auto padded = key_mask->to(q.device()).eq(0).view({q.size(0), 1, 1, pk});
-    mask = mask.logical_or(padded);
+    mask = at::maximum(mask, padded);  // or of booleans (logical_or has no meta kernel in libtorch 1.13)
   }
   return scores.masked_fill(mask, -std::numeric_limits<double>::infinity());
 }
@@ -112,7 +114,8 @@ at::Tensor composed_pattern(const at::Tensor& scores, bool softmax_float32) {
                            : scores.scalar_type();
   auto pattern = scores.softmax(-1, compute);
   // A row whose keys are all masked (a padding query) softmaxes to NaN; TransformerLens sets it to 0.
-  pattern = at::where(pattern.isnan(), at::zeros({}, pattern.options()), pattern);
+  // (NaN is the one value unequal to itself: ne works on every device, isnan has no meta kernel in libtorch 1.13.)
+  pattern = pattern.masked_fill(pattern.ne(pattern), 0);
   return pattern.to(scores.scalar_type());
 }
 

@@ -101,10 +101,15 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     const auto g = grads[0].reshape({x2.size(0), -1}).contiguous();
     const int64_t rows = g.size(0);
 
-    // Decide between the dense and the gathered backward.
-    at::Tensor idx = nonzero_rows(g);
-    const int64_t live = idx.size(0);
-    bool sparse = live * kSparseDenominator <= rows * kSparseNumerator;
+    // Decide between the dense and the gathered backward. Only on CPU: finding the live rows elsewhere is a
+    // device-to-host sync (CUDA) or impossible (meta tensors have no data), so other devices take the dense one.
+    at::Tensor idx;
+    int64_t live = rows;
+    if (cpu_float(g)) {
+      idx = nonzero_rows(g);
+      live = idx.size(0);
+    }
+    bool sparse = cpu_float(g) && live * kSparseDenominator <= rows * kSparseNumerator;
     // A skipped row's contribution is 0 * x_row to dw and 0 * w to dx_row: exactly zero only if those are finite.
     if (sparse && want_w && !all_finite(x2)) sparse = false;
     if (sparse && want_x && !all_finite(w)) sparse = false;
