@@ -278,7 +278,7 @@ public abstract class HookedModel : IDisposable
     public (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter, Tensor? attentionMask,
         Func<Tensor, Tensor>? backwardObjective)
     {
-        var cache = new ActivationCache(Config.Clone(), _hooks.Count);
+        var cache = new ActivationCache(this);
         var points = _hooks.Values.Where(h => IsEnabled(h) && (namesFilter is null || namesFilter(h.Name))).ToList();
         // Built-in actions: no delegate per hook point forward, and gradients captured natively backward.
         using var handle = AddActions(points, HookAction.Cache(cache), permanent: false);
