@@ -179,3 +179,65 @@ public class PatchingTests(string model)
         }
     }
 }
+
+/// <summary>
+/// Path patching against what it means, computed independently: with every other head and MLP frozen, a sender's only
+/// path to the final residual stream is its own output, so patching sender h into the final residual equals the corrupted
+/// run with <c>(z_clean − z_corrupted)·W_O[h]</c> added to that stream (W_O from the TL weights, a hook adding the sum).
+/// A sender downstream of its receiver reaches it by no path and leaves the corrupted metric. float64: 1e-10.
+/// </summary>
+[TestFixture("tiny-gpt2")]
+[TestFixture("tiny-pythia")]
+public class PathPatchingTests(string model) : FixtureTest(model)
+{
+    [Test]
+    public void DirectPathToTheLogitsIsTheSendersOutputDifference()
+    {
+        var live = Torch.LiveTensors;
+        using (var scope = Torch.NewScope())
+        {
+            using var bridge = TransformerBridge.Load(ModelDir, new BridgeOptions { DType = ScalarType.Float64 });
+            var clean = Tokens;
+            var corrupted = PatchingTests.Roll(clean);
+            var metric = Patching.LogitDiff(Torch.FromArray(new long[] { 3 }), Torch.FromArray(new long[] { 11 }));
+            var (_, cleanCache) = bridge.RunWithCache(clean);
+            var (corruptedLogits, corruptedCache) = bridge.RunWithCache(corrupted);
+            using (cleanCache)
+            using (corruptedCache)
+            {
+                var weights = bridge.TlNamedParameters().ToDictionary(p => p.Name, p => p.Weight);
+                var final = PathReceiver.FinalResidual(bridge.Config);
+                Tensor Expected(IEnumerable<HeadIndex> senders)
+                {
+                    Tensor delta = Torch.Zeros([2, 12, bridge.Config.DModel], ScalarType.Float64);
+                    foreach (var s in senders)
+                    {
+                        var dz = cleanCache["z", s.Layer].Select(2, s.Head) - corruptedCache["z", s.Layer].Select(2, s.Head);  // [batch, pos, d_head]
+                        delta = delta + dz.Matmul(weights[$"blocks.{s.Layer}.attn.W_O"].Select(0, s.Head));
+                    }
+                    return metric(bridge.RunWithHooks(corrupted, [(final.HookName, (a, _) => a + delta)]));
+                }
+                var each = Patching.PathPatchEachHead(bridge, corrupted, cleanCache, corruptedCache, metric, [final], options: new PatchingOptions { MaxRowsPerForward = 6 });
+                Assert.That(each.Shape, Is.EqualTo(new long[] { 2, 4, 2 }));
+                for (var l = 0; l < 2; l++)
+                    for (var h = 0; h < 4; h++)
+                        Assert.That(Fixtures.MaxAbsDiff(Expected([new HeadIndex(l, h)]), each.Select(0, l).Select(0, h)), Is.LessThan(1e-10), $"L{l}H{h}");
+                IReadOnlyList<HeadIndex> set = [new(0, 1), new(0, 3), new(1, 2)];
+                var together = Patching.PathPatch(bridge, corrupted, cleanCache, corruptedCache, metric, [set], [final]);
+                Assert.That(Fixtures.MaxAbsDiff(Expected(set), together.Select(0, 0)), Is.LessThan(1e-10), "a set of senders");
+
+                // Layer-1 senders cannot reach layer 1's queries; layer-0 ones do, and change the result.
+                var toQueries = Patching.PathPatchEachHead(bridge, corrupted, cleanCache, corruptedCache, metric,
+                    [PathReceiver.HeadInput(1, 0, 'q'), PathReceiver.HeadInput(1, 2, 'k') with { Heads = [2, 3] }]);
+                var corruptedMetric = metric(corruptedLogits);
+                for (var h = 0; h < 4; h++)
+                    Assert.That(Fixtures.MaxAbsDiff(corruptedMetric, toQueries.Select(0, 1).Select(0, h)), Is.LessThan(1e-12), $"L1H{h} to layer 1 (rounding only: the copies run in a larger batch)");
+                Assert.That((toQueries.Select(0, 0) - corruptedMetric).Abs().Max().ToDouble(), Is.GreaterThan(1e-6), "layer 0 reaches layer 1");
+
+                Assert.Throws<ArgumentOutOfRangeException>(() => Patching.PathPatch(bridge, corrupted, cleanCache, corruptedCache, metric, [[new HeadIndex(2, 0)]], [final]));
+                Assert.Throws<ArgumentException>(() => Patching.PathPatch(bridge, corrupted, cleanCache, corruptedCache, metric, [[new HeadIndex(0, 0)]], [new PathReceiver("blocks.9.hook_resid_pre")]));
+            }
+        }
+        Assert.That(Torch.LiveTensors, Is.EqualTo(live), "tensors leaked");
+    }
+}
