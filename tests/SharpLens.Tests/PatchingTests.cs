@@ -35,9 +35,9 @@ public class PatchingTests(string model)
     private PatchingMetric MeanLogitDiff() => logits => Patching.LogitDiff(_fx["answer"].Reshape(1), _fx["wrong"].Reshape(1))(logits).Mean();
 
     [TestCase(ScalarType.Float64, 1e-9, 256)]
-    [TestCase(ScalarType.Float64, 1e-9, 2)]
+    [TestCase(ScalarType.Float64, 1e-9, 1)]
     [TestCase(ScalarType.Float32, 1e-4, 256)]
-    public void ReproducesTransformerLens(ScalarType dtype, double bound, int maxRows)
+    public void ReproducesTransformerLens(ScalarType dtype, double bound, int copiesPerForward)
     {
         var live = Torch.LiveTensors;
         using (var scope = Torch.NewScope())
@@ -49,7 +49,7 @@ public class PatchingTests(string model)
             var (cleanLogits, cleanCache) = bridge.RunWithCache(clean);
             using (cleanCache)
             {
-                var options = new PatchingOptions { MaxRowsPerForward = maxRows };
+                var options = new PatchingOptions { MaxTokensPerForward = copiesPerForward * 24 };  // a copy of the [2, 12] batch is 24 tokens
                 var results = new Dictionary<string, Tensor>
                 {
                     ["patch.clean_metric"] = metric(cleanLogits).Reshape(1),
@@ -69,7 +69,7 @@ public class PatchingTests(string model)
                         Assert.That(d, Is.LessThanOrEqualTo(bound), $"{key}: max abs difference {d:G3}");
                     }
                 });
-                TestContext.Out.WriteLine($"{model} {dtype.ToTorchName()} ({maxRows} rows per forward): largest difference from TransformerLens {worst:G3}");
+                TestContext.Out.WriteLine($"{model} {dtype.ToTorchName()} ({copiesPerForward} patches per forward): largest difference from TransformerLens {worst:G3}");
             }
         }
         Assert.That(Torch.LiveTensors, Is.EqualTo(live), "tensors leaked");
@@ -106,7 +106,7 @@ public class PatchingTests(string model)
         var (_, cleanCache) = bridge.RunWithCache(_fx["input_ids"]);
         using (cleanCache)
         {
-            var options = new PatchingOptions { MaxRowsPerForward = 10 };  // several forwards, each with several layers' patches
+            var options = new PatchingOptions { MaxTokensPerForward = 5 * 24 };  // several forwards of 5 patches, some spanning two layers
             void Check(Tensor batched, string activation, Func<Tensor, long[], Tensor> slice, string what)
             {
                 var grid = batched.Shape;
@@ -130,15 +130,27 @@ public class PatchingTests(string model)
                 (t, i) => t.Narrow(2, i[1], 1), "v at all positions");
             Check(Patching.GetActPatchAttnHeadPatternByPos(bridge, corrupted, cleanCache, metric, options), "pattern",
                 (t, i) => t.Narrow(1, i[1], 1).Narrow(2, i[2], 1), "pattern by query position");
-            Check(Patching.GetActPatchAttnHeadPatternDestSrcPos(bridge, corrupted, cleanCache, metric, options).Narrow(2, 10, 2), "pattern",
-                (t, i) => t.Narrow(1, i[1], 1).Narrow(2, i[2] + 10, 1).Narrow(3, i[3], 1), "pattern entries (queries 10, 11)");
+            // Entries of the pattern: the index-list form (TransformerLens's index_df) on a subset of the grid.
+            var entries = new List<long[]>();
+            foreach (var l in new long[] { 0, 1 })
+                foreach (var h in new long[] { 1, 3 })
+                    for (var src = 0; src < 12; src++)
+                        entries.Add([l, h, 11, src]);
+            var entryResults = Patching.GenericActivationPatch(bridge, corrupted, cleanCache, metric, PatchSetter.LayerHeadDestSrcPosPattern, "pattern", entries, options);
+            var literal = LiteralPatches(bridge, corrupted, cleanCache, metric, "pattern", entries, (t, i) => t.Narrow(1, i[1], 1).Narrow(2, i[2], 1).Narrow(3, i[3], 1));
+            Assert.That(entryResults.Shape, Is.EqualTo(new long[] { entries.Count }));
+            var batchedEntries = entryResults.ToArray<double>();
+            for (var i = 0; i < literal.Length; i++)
+                Assert.That(batchedEntries[i], Is.EqualTo(literal[i]).Within(1e-12), $"pattern entry [{string.Join(", ", entries[i])}]");
             Check(Patching.GetActPatchResidPost(bridge, corrupted, cleanCache, metric, options), "resid_post",
                 (t, i) => t.Narrow(1, i[1], 1), "resid_post");
-            var every = Patching.GetActPatchAttnHeadAllPosEvery(bridge, corrupted, cleanCache, metric, options);
+            var every = Patching.GetActPatchAttnHeadAllPosEvery(bridge, corrupted, cleanCache, metric);
             Assert.That(every.Shape, Is.EqualTo(new long[] { 5, 2, 4 }));
             Assert.That(Fixtures.MaxAbsDiff(_fx["patch.head_out_all_pos"], every.Select(0, 0)), Is.LessThan(1e-9));
-            Assert.That(Patching.GetActPatchBlockEvery(bridge, corrupted, cleanCache, metric, options).Shape, Is.EqualTo(new long[] { 3, 2, 12 }));
-            Assert.That(Patching.GetActPatchAttnHeadByPosEvery(bridge, corrupted, cleanCache, metric, options).Shape, Is.EqualTo(new long[] { 5, 2, 12, 4 }));
+            var block = Patching.GetActPatchBlockEvery(bridge, corrupted, cleanCache, metric);
+            Assert.That(Fixtures.MaxAbsDiff(_fx["patch.mlp_out_by_pos"], block.Select(0, 2)), Is.LessThan(1e-9));
+            var byPos = Patching.GetActPatchAttnHeadByPosEvery(bridge, corrupted, cleanCache, metric);
+            Assert.That(byPos.Shape, Is.EqualTo(new long[] { 5, 2, 12, 4 }));
         }
     }
 
@@ -217,7 +229,7 @@ public class PathPatchingTests(string model) : FixtureTest(model)
                     }
                     return metric(bridge.RunWithHooks(corrupted, [(final.HookName, (a, _) => a + delta)]));
                 }
-                var each = Patching.PathPatchEachHead(bridge, corrupted, cleanCache, corruptedCache, metric, [final], options: new PatchingOptions { MaxRowsPerForward = 6 });
+                var each = Patching.PathPatchEachHead(bridge, corrupted, cleanCache, corruptedCache, metric, [final], options: new PatchingOptions { MaxTokensPerForward = 3 * 24 });
                 Assert.That(each.Shape, Is.EqualTo(new long[] { 2, 4, 2 }));
                 for (var l = 0; l < 2; l++)
                     for (var h = 0; h < 4; h++)

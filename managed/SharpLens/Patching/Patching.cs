@@ -10,11 +10,19 @@ public delegate Tensor PatchingMetric(Tensor logits);
 public sealed record PatchingOptions
 {
     /// <summary>
-    /// Rows per forward pass: patches run side by side as copies of the corrupted batch, as many as fit in this many rows
-    /// (at least one patch per pass). Memory grows with it; so does the throughput, up to the point where the
-    /// forward pass is compute-bound.
+    /// Tokens (rows × positions) per forward pass: patches run side by side as copies of the corrupted batch, as many as
+    /// fit in this many tokens (at least one patch per pass). Memory grows with it (the logits alone take
+    /// tokens × d_vocab values: 2048 × 50257 float32 is 400 MB); throughput grows with it until the forward pass is
+    /// compute-bound.
     /// </summary>
-    public int MaxRowsPerForward { get; init; } = 256;
+    public int MaxTokensPerForward { get; init; } = 2048;
+
+    /// <summary>How many copies of a [batch, pos] run fit in one forward pass (at least one).</summary>
+    internal int CopiesPerForward(Tensor tokens)
+    {
+        if (MaxTokensPerForward < 1) throw new ArgumentOutOfRangeException(nameof(MaxTokensPerForward), MaxTokensPerForward, "MaxTokensPerForward must be at least 1");
+        return (int)Math.Max(1, MaxTokensPerForward / Math.Max(1, tokens.Size(0) * tokens.Size(1)));
+    }
 
     /// <summary>Called after each forward pass with (patches done, patches in all).</summary>
     public Action<int, int>? Progress { get; init; }
@@ -99,7 +107,6 @@ public static partial class Patching
         ArgumentNullException.ThrowIfNull(indices);
         if (indices.Count == 0) throw new ArgumentException("no patches to run", nameof(indices));
         options ??= new PatchingOptions();
-        if (options.MaxRowsPerForward < 1) throw new ArgumentOutOfRangeException(nameof(options), options.MaxRowsPerForward, "MaxRowsPerForward must be at least 1");
         if (corruptedTokens.Dim != 2) throw new ArgumentException($"corrupted tokens must be [batch, pos], got {Tensor.FormatShape(corruptedTokens.Shape)}", nameof(corruptedTokens));
         var batch = corruptedTokens.Size(0);
         foreach (var index in indices)
@@ -110,7 +117,7 @@ public static partial class Patching
                 throw new ArgumentOutOfRangeException(nameof(indices), $"layer {index[0]} of index [{string.Join(", ", index)}] is outside [0, {model.Config.NLayers})");
         }
 
-        var perForward = (int)Math.Max(1, options.MaxRowsPerForward / Math.Max(1, batch));
+        var perForward = options.CopiesPerForward(corruptedTokens);
         var results = new List<Tensor>();
         try
         {

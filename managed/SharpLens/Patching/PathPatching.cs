@@ -61,7 +61,6 @@ public static partial class Patching
         options ??= new PatchingOptions();
         if (senderSets.Count == 0) throw new ArgumentException("no sender sets", nameof(senderSets));
         if (receivers.Count == 0) throw new ArgumentException("no receivers", nameof(receivers));
-        if (options.MaxRowsPerForward < 1) throw new ArgumentOutOfRangeException(nameof(options), options.MaxRowsPerForward, "MaxRowsPerForward must be at least 1");
         var config = model.Config;
         foreach (var head in senderSets.SelectMany(s => s))
             if (head.Layer < 0 || head.Layer >= config.NLayers || head.Head < 0 || head.Head >= config.NHeads)
@@ -73,7 +72,7 @@ public static partial class Patching
         }
 
         var batch = corruptedTokens.Size(0);
-        var perForward = (int)Math.Max(1, options.MaxRowsPerForward / Math.Max(1, batch));
+        var perForward = options.CopiesPerForward(corruptedTokens);
         var results = new List<Tensor>();
         try
         {
