@@ -276,7 +276,7 @@ public static class AttributionSweep
         WriteAtomically(csvPath, buffer.ToArray());
     }
 
-    private static IDisposable Lock(string dir)
+    internal static IDisposable Lock(string dir)
     {
         try
         {
@@ -332,7 +332,7 @@ public static class AttributionSweep
         return diffs.Count == 0 ? "the manifest's argument hash does not match" : string.Join("; ", diffs);
     }
 
-    private static string ModelFingerprint(string modelDir)
+    internal static string ModelFingerprint(string modelDir)
     {
         var parts = new List<string>();
         // The config and tokenizer files by content (they are small; the tokenizer decides what text prompts become),
@@ -347,13 +347,13 @@ public static class AttributionSweep
         return string.Join("; ", parts);
     }
 
-    private static string Sha256File(string path)
+    internal static string Sha256File(string path)
     {
         using var s = File.OpenRead(path);
         return Convert.ToHexStringLower(SHA256.HashData(s));
     }
 
-    private static string Sha256(byte[] data) => Convert.ToHexStringLower(SHA256.HashData(data));
+    internal static string Sha256(byte[] data) => Convert.ToHexStringLower(SHA256.HashData(data));
 
     /// <summary>DIR/manifest.json.</summary>
     private sealed class Manifest
