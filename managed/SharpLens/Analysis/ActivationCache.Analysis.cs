@@ -103,11 +103,13 @@ public sealed partial class ActivationCache
     {
         using var scope = Torch.NewScope();
         var stack = AccumulatedResid(null, inclMid, applyLn: false, posSlice);
-        var w = TlWeights("ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U");
-        var x = NormalizationCentres(Config) ? stack - stack.Mean(-1, keepDim: true) : stack;
-        var meanSquare = x.Square().Mean(-1, keepDim: true);
-        var normed = x / (meanSquare + Config.NormEps).Sqrt() * w[0] + w[1];
-        return (normed.Matmul(w[2]) + w[3]).MoveToOuterScope();
+        // LayerNorm: centre, scale, weight and bias; RMSNorm: scale and weight only.
+        var centres = NormalizationCentres(Config);
+        var w = TlWeights(centres ? ["ln_final.w", "unembed.W_U", "unembed.b_U", "ln_final.b"] : ["ln_final.w", "unembed.W_U", "unembed.b_U"]);
+        var x = centres ? stack - stack.Mean(-1, keepDim: true) : stack;
+        var normed = x / (x.Square().Mean(-1, keepDim: true) + Config.NormEps).Sqrt() * w[0];
+        if (centres) normed = normed + w[3];
+        return (normed.Matmul(w[1]) + w[2]).MoveToOuterScope();
     }
 
     // ------------------------------------------------------------------ residual decomposition

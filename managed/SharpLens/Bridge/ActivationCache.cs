@@ -22,6 +22,9 @@ public sealed partial class ActivationCache : IDisposable, IReadOnlyDictionary<s
     /// </summary>
     public ActivationCache(HookedModel model) : this(model.Config.Clone(), model.HookDict.Count) => Model = model;
 
+    /// <summary>An empty cache for <paramref name="model"/> with gradient slots for <paramref name="extraHookPoints"/> hook points beyond the model's own (an SAE's).</summary>
+    internal ActivationCache(HookedModel model, int extraHookPoints) : this(model.Config.Clone(), model.HookDict.Count + extraHookPoints) => Model = model;
+
     internal ActivationCache(TransformerConfig config, int hookPoints)
     {
         Config = config;
