@@ -1,5 +1,3 @@
-using SharpLens.Tensors.IO;
-
 namespace SharpLens.Tests;
 
 /// <summary>
@@ -16,16 +14,13 @@ namespace SharpLens.Tests;
 [TestFixture("tiny-pythia")]
 public class CacheAnalysisFixtureTests(string model)
 {
-    private Dictionary<string, Tensor> _fx = null!;
+    private AnalysisFixture _fx = null!;
 
     [OneTimeSetUp]
-    public void Load() => _fx = SafeTensors.Load(Path.Combine(Fixtures.Path(model), "analysis.safetensors"));
+    public void Load() => _fx = new AnalysisFixture(model);
 
     [OneTimeTearDown]
-    public void Free()
-    {
-        foreach (var t in _fx.Values) t.Dispose();
-    }
+    public void Free() => _fx.Dispose();
 
     /// <summary>Each fixture key and how TransformerLens made it, in SharpLens's names.</summary>
     private static IEnumerable<(string Key, Func<ActivationCache, long, long, Tensor> Compute)> Cases(bool parallel) =>

@@ -1,6 +1,5 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using SharpLens.Cli;
 using SharpLens.Sweeps;
 using SharpLens.Tensors.IO;
 
@@ -13,40 +12,17 @@ namespace SharpLens.Tests;
 /// (chunks missing from the manifest, a chunk written but not recorded, a stray temporary file) resumes to the same files;
 /// changed arguments and foreign folders are refused.
 /// </summary>
-public class PatchCommandTests
+public class PatchCommandTests : TempFolderTest
 {
-    private string _tmp = null!;
-
-    [OneTimeSetUp]
-    public void CreateTemp()
-    {
-        _tmp = Path.Combine(Path.GetTempPath(), "sharplens-patch-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(_tmp);
-    }
-
-    [OneTimeTearDown]
-    public void DeleteTemp()
-    {
-        if (Directory.Exists(_tmp)) Directory.Delete(_tmp, recursive: true);
-    }
-
-    private static (int Code, string Out, string Err) Lens(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        var code = Program.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
-
     private string WritePrompts(string name, IEnumerable<(long[] Clean, long[] Corrupted, long Answer, long Wrong)> pairs)
     {
-        var path = Path.Combine(_tmp, name);
+        var path = Path.Combine(Tmp, name);
         File.WriteAllLines(path, pairs.Select(p => JsonSerializer.Serialize(new { clean = p.Clean, corrupted = p.Corrupted, answer = p.Answer, wrong = p.Wrong })));
         return path;
     }
 
     /// <summary>The fixture's rows as pairs: clean, the row rolled by one position, and the fixture's answer and wrong token.</summary>
-    private string FixturePrompts(string model, Dictionary<string, Tensor> fx)
+    private string FixturePrompts(string model, AnalysisFixture fx)
     {
         var ids = fx["input_ids"].ToArray<long>();
         var pairs = Enumerable.Range(0, 2).Select(r =>
@@ -63,13 +39,12 @@ public class PatchCommandTests
     [TestCase("tiny-gpt2", "float32", 1e-4)]
     public void AveragedOverPairsEqualsTransformerLens(string model, string dtype, double bound)
     {
-        var fx = SafeTensors.Load(Path.Combine(Fixtures.Path(model), "analysis.safetensors"));
-        try
+        using var fx = new AnalysisFixture(model);
         {
             var prompts = FixturePrompts(model, fx);
             foreach (var (kind, key) in new[] { ("resid_pre", "resid_pre_by_pos"), ("attn_out", "attn_out_by_pos"), ("mlp_out", "mlp_out_by_pos"), ("head_out", "head_out_all_pos") })
             {
-                var dir = Path.Combine(_tmp, $"{model}-{dtype}-{kind}");
+                var dir = Path.Combine(Tmp, $"{model}-{dtype}-{kind}");
                 var r = Lens("patch", Fixtures.Path(model), "--prompts", prompts, "--kind", kind, "--dtype", dtype, "--out", dir);
                 Assert.That(r.Code, Is.EqualTo(0), r.Err);
                 var result = SafeTensors.Load(Path.Combine(dir, PatchSweep.ResultName));
@@ -93,10 +68,6 @@ public class PatchCommandTests
                 }
             }
         }
-        finally
-        {
-            foreach (var t in fx.Values) t.Dispose();
-        }
     }
 
     private static List<(long[] Clean, long[] Corrupted, long Answer, long Wrong)> RandomPairs(int count, int seed)
@@ -116,7 +87,7 @@ public class PatchCommandTests
     {
         var pairs = RandomPairs(7, seed: 5);
         var prompts = WritePrompts("lengths.jsonl", pairs);
-        var dir = Path.Combine(_tmp, "lengths");
+        var dir = Path.Combine(Tmp, "lengths");
         var r = Lens("patch", Fixtures.Path("tiny-gpt2"), "--prompts", prompts, "--kind", "mlp_out", "--dtype", "float64", "--out", dir,
             "--batch-size", "3", "--chunk-size", "4", "--max-tokens", "40");
         Assert.That(r.Code, Is.EqualTo(0), r.Err);
@@ -150,10 +121,10 @@ public class PatchCommandTests
     {
         var prompts = WritePrompts("resume.jsonl", RandomPairs(5, seed: 9));
         string[] Args(string d) => ["patch", Fixtures.Path("tiny-pythia"), "--prompts", prompts, "--kind", "head_out", "--out", d, "--chunk-size", "2", "--batch-size", "2"];
-        var reference = Path.Combine(_tmp, "resume-reference");
+        var reference = Path.Combine(Tmp, "resume-reference");
         Assert.That(Lens(Args(reference)).Code, Is.EqualTo(0));
 
-        var dir = Path.Combine(_tmp, "resume");
+        var dir = Path.Combine(Tmp, "resume");
         Assert.That(Lens(Args(dir)).Code, Is.EqualTo(0));
         // As a kill would leave it: the last chunk never recorded (its file gone), the middle one written but not recorded,
         // a temporary file half written, and no assembled results yet.
@@ -184,13 +155,13 @@ public class PatchCommandTests
     public void BadRunsAreRefusedWithAReason()
     {
         var prompts = WritePrompts("refuse.jsonl", RandomPairs(2, seed: 3));
-        var dir = Path.Combine(_tmp, "refuse");
+        var dir = Path.Combine(Tmp, "refuse");
         Assert.That(Lens("patch", Fixtures.Path("tiny-gpt2"), "--prompts", prompts, "--out", dir).Code, Is.EqualTo(0));
         var changed = Lens("patch", Fixtures.Path("tiny-gpt2"), "--prompts", prompts, "--out", dir, "--kind", "attn_out");
         Assert.That(changed.Code, Is.EqualTo(1));
         Assert.That(changed.Err, Does.Contain("other arguments").And.Contain("kind"));
 
-        var foreign = Path.Combine(_tmp, "foreign");
+        var foreign = Path.Combine(Tmp, "foreign");
         Directory.CreateDirectory(foreign);
         File.WriteAllText(Path.Combine(foreign, "notes.txt"), "mine");
         var r = Lens("patch", Fixtures.Path("tiny-gpt2"), "--prompts", prompts, "--out", foreign);
@@ -198,10 +169,10 @@ public class PatchCommandTests
         Assert.That(r.Err, Does.Contain("not empty"));
         Assert.That(Directory.GetFileSystemEntries(foreign).Select(Path.GetFileName), Is.EquivalentTo(new[] { "notes.txt", ".lock" }).Or.EquivalentTo(new[] { "notes.txt" }));
 
-        var mid = Lens("patch", Fixtures.Path("tiny-pythia"), "--prompts", prompts, "--out", Path.Combine(_tmp, "mid"), "--kind", "resid_mid");
+        var mid = Lens("patch", Fixtures.Path("tiny-pythia"), "--prompts", prompts, "--out", Path.Combine(Tmp, "mid"), "--kind", "resid_mid");
         Assert.That(mid.Code, Is.EqualTo(1));
         Assert.That(mid.Err, Does.Contain("hook_resid_mid"));
-        Assert.That(Lens("patch", Fixtures.Path("tiny-gpt2"), "--prompts", Path.Combine(_tmp, "none.jsonl"), "--out", Path.Combine(_tmp, "x")).Err, Does.Contain("does not exist"));
-        Assert.That(Lens("patch", Fixtures.Path("tiny-gpt2"), "--prompts", prompts, "--out", Path.Combine(_tmp, "y"), "--kind", "q").Code, Is.EqualTo(1));
+        Assert.That(Lens("patch", Fixtures.Path("tiny-gpt2"), "--prompts", Path.Combine(Tmp, "none.jsonl"), "--out", Path.Combine(Tmp, "x")).Err, Does.Contain("does not exist"));
+        Assert.That(Lens("patch", Fixtures.Path("tiny-gpt2"), "--prompts", prompts, "--out", Path.Combine(Tmp, "y"), "--kind", "q").Code, Is.EqualTo(1));
     }
 }

@@ -1,5 +1,3 @@
-using SharpLens.Tensors.IO;
-
 namespace SharpLens.Tests;
 
 /// <summary>
@@ -14,16 +12,13 @@ namespace SharpLens.Tests;
 [TestFixture("tiny-pythia")]
 public class PatchingTests(string model)
 {
-    private Dictionary<string, Tensor> _fx = null!;
+    private AnalysisFixture _fx = null!;
 
     [OneTimeSetUp]
-    public void Load() => _fx = SafeTensors.Load(Path.Combine(Fixtures.Path(model), "analysis.safetensors"));
+    public void Load() => _fx = new AnalysisFixture(model);
 
     [OneTimeTearDown]
-    public void Free()
-    {
-        foreach (var t in _fx.Values) t.Dispose();
-    }
+    public void Free() => _fx.Dispose();
 
     /// <summary>The clean tokens rolled by one position along the sequence (torch.roll(input_ids, 1, dims=1)).</summary>
     internal static Tensor Roll(Tensor tokens)

@@ -12,23 +12,8 @@ namespace SharpLens.Tests;
 /// while the error term is kept, ablating a feature equals subtracting its decoder direction, feature gradients equal central
 /// differences, and attribution patching is exact where the metric is linear in the features.
 /// </summary>
-public class SaeTests
+public class SaeTests : TempFolderTest
 {
-    private string _tmp = null!;
-
-    [OneTimeSetUp]
-    public void CreateTemp()
-    {
-        _tmp = Path.Combine(Path.GetTempPath(), "sharplens-sae-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(_tmp);
-    }
-
-    [OneTimeTearDown]
-    public void DeleteTemp()
-    {
-        if (Directory.Exists(_tmp)) Directory.Delete(_tmp, recursive: true);
-    }
-
     /// <summary>Plain weights of an SAE, row-major, as the hand-written forward pass reads them.</summary>
     private sealed class Weights
     {
@@ -50,7 +35,7 @@ public class SaeTests
     /// <summary>Writes an SAE folder the way SAELens does (cfg.json and sae_weights.safetensors), float64 weights.</summary>
     private string WriteSae(string name, Weights w, JsonObject cfg)
     {
-        var dir = Path.Combine(_tmp, name);
+        var dir = Path.Combine(Tmp, name);
         Directory.CreateDirectory(dir);
         cfg["d_in"] = w.DIn;
         cfg["d_sae"] = w.DSae;
@@ -217,7 +202,7 @@ public class SaeTests
         // float32 bounds: recons + (x − recons) rounds to x within an ulp of the larger term (|x|, |recons| < 4: 4.8e-7), below 1e-6;
         // an ulp-level change of the residual moves float32 logits (|logit| < 3) by a few ulps more through two layers: 1e-5.
         var dir = SaeOn("blocks.1.hook_resid_pre", 64, 32, seed: 7, dtype.ToTorchName());
-        using var fx = new FixtureTensors(model);
+        using var fx = new AnalysisFixture(model);
         using var bridge = TransformerBridge.Load(Fixtures.Path(model), new BridgeOptions { DType = dtype });
         using var sae = Sae.Load(dir);
         using var scope = Torch.NewScope();
@@ -246,10 +231,8 @@ public class SaeTests
     [Test]
     public void AblatingAFeatureSubtractsItsDecoderDirection()
     {
-        var dir = SaeOn("blocks.0.hook_resid_post", 64, 24, seed: 11);
-        using var fx = new FixtureTensors("tiny-gpt2");
-        using var bridge = TransformerBridge.Load(Fixtures.Path("tiny-gpt2"), new BridgeOptions { DType = ScalarType.Float64 });
-        using var sae = Sae.Load(dir);
+        using var rig = new Rig(this, "tiny-gpt2", "blocks.0.hook_resid_post", 24, 11);
+        var (fx, bridge, sae) = (rig.Fixture, rig.Bridge, rig.Sae);
         using var scope = Torch.NewScope();
         var tokens = fx["input_ids"];
         using var splice = bridge.Splice(sae, useErrorTerm: true);
@@ -272,10 +255,8 @@ public class SaeTests
     [Test]
     public void FeatureGradientsEqualCentralDifferences()
     {
-        var dir = SaeOn("blocks.0.hook_resid_post", 64, 16, seed: 13);
-        using var fx = new FixtureTensors("tiny-pythia");
-        using var bridge = TransformerBridge.Load(Fixtures.Path("tiny-pythia"), new BridgeOptions { DType = ScalarType.Float64 });
-        using var sae = Sae.Load(dir);
+        using var rig = new Rig(this, "tiny-pythia", "blocks.0.hook_resid_post", 16, 13);
+        var (fx, bridge, sae) = (rig.Fixture, rig.Bridge, rig.Sae);
         using var scope = Torch.NewScope();
         var tokens = fx["input_ids"];
         var metric = Patching.LogitDiff(Torch.FromArray(new long[] { 3, 5 }), Torch.FromArray(new long[] { 7, 9 }));
@@ -309,10 +290,8 @@ public class SaeTests
     {
         // The logits are affine in ln_final.hook_normalized, so through an SAE there (error term kept) the metric is linear in the
         // features: the estimate must equal exact patching of one feature's clean activation into the corrupted run.
-        var dir = SaeOn("ln_final.hook_normalized", 64, 16, seed: 17);
-        using var fx = new FixtureTensors("tiny-gpt2");
-        using var bridge = TransformerBridge.Load(Fixtures.Path("tiny-gpt2"), new BridgeOptions { DType = ScalarType.Float64 });
-        using var sae = Sae.Load(dir);
+        using var rig = new Rig(this, "tiny-gpt2", "ln_final.hook_normalized", 16, 17);
+        var (fx, bridge, sae) = (rig.Fixture, rig.Bridge, rig.Sae);
         using var scope = Torch.NewScope();
         var clean = fx["input_ids"];
         var corrupted = PatchingTests.Roll(clean);
@@ -345,10 +324,8 @@ public class SaeTests
     [Test]
     public void SteeringByAFeatureAddsItsDecoderDirection()
     {
-        var dir = SaeOn("blocks.0.hook_resid_pre", 64, 8, seed: 19);
-        using var fx = new FixtureTensors("tiny-gpt2");
-        using var bridge = TransformerBridge.Load(Fixtures.Path("tiny-gpt2"), new BridgeOptions { DType = ScalarType.Float64 });
-        using var sae = Sae.Load(dir);
+        using var rig = new Rig(this, "tiny-gpt2", "blocks.0.hook_resid_pre", 8, 19);
+        var (fx, bridge, sae) = (rig.Fixture, rig.Bridge, rig.Sae);
         using var scope = Torch.NewScope();
         var tokens = fx["input_ids"];
         using var splice = bridge.Splice(sae, useErrorTerm: true);
@@ -370,7 +347,7 @@ public class SaeTests
     public void BadSaesAreRefusedWithAReason()
     {
         var w = Weights.Random(8, 4, seed: 1);
-        var missing = Path.Combine(_tmp, "empty");
+        var missing = Path.Combine(Tmp, "empty");
         Directory.CreateDirectory(missing);
         Assert.That(Assert.Throws<FormatException>(() => Sae.Load(missing))!.Message, Does.Contain("cfg.json"));
         var bad = WriteSae("bad-arch", w, new JsonObject { ["architecture"] = "matryoshka", ["hook_name"] = "blocks.0.hook_resid_pre" });
@@ -391,16 +368,25 @@ public class SaeTests
         Assert.That(Assert.Throws<ArgumentException>(() => bridge.Splice(nowhere))!.Message, Does.Contain("blocks.7.hook_resid_pre"));
     }
 
-    /// <summary>analysis.safetensors of a fixture, disposed with the test.</summary>
-    private sealed class FixtureTensors(string model) : IDisposable
+    /// <summary>What most splice tests start from: the fixture's tokens, the float64 model and an SAE written for the test.</summary>
+    private sealed class Rig : IDisposable
     {
-        private readonly Dictionary<string, Tensor> _t = SafeTensors.Load(Path.Combine(Fixtures.Path(model), "analysis.safetensors"));
+        public Rig(SaeTests owner, string model, string hook, int dSae, int seed)
+        {
+            Fixture = new AnalysisFixture(model);
+            Bridge = TransformerBridge.Load(Fixtures.Path(model), new BridgeOptions { DType = ScalarType.Float64 });
+            Sae = Sae.Load(owner.SaeOn(hook, 64, dSae, seed));
+        }
 
-        public Tensor this[string key] => _t[key];
+        public AnalysisFixture Fixture { get; }
+        public TransformerBridge Bridge { get; }
+        public Sae Sae { get; }
 
         public void Dispose()
         {
-            foreach (var t in _t.Values) t.Dispose();
+            Sae.Dispose();
+            Bridge.Dispose();
+            Fixture.Dispose();
         }
     }
 }

@@ -2,7 +2,6 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
-using SharpLens.Cli;
 using SharpLens.Saes;
 using SharpLens.Tensors.IO;
 using SharpLens.Views;
@@ -14,23 +13,8 @@ namespace SharpLens.Tests;
 /// hold the numbers they show: each value computed independently here (from the cache, the logits, the patch file) appears
 /// in the page at the views' four decimals. Written by the library and by <c>lens view</c>.
 /// </summary>
-public class ViewTests
+public class ViewTests : TempFolderTest
 {
-    private string _tmp = null!;
-
-    [OneTimeSetUp]
-    public void CreateTemp()
-    {
-        _tmp = Path.Combine(Path.GetTempPath(), "sharplens-view-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(_tmp);
-    }
-
-    [OneTimeTearDown]
-    public void DeleteTemp()
-    {
-        if (Directory.Exists(_tmp)) Directory.Delete(_tmp, recursive: true);
-    }
-
     private static void AssertSelfContained(string html)
     {
         Assert.That(html, Does.StartWith("<!DOCTYPE html>"));
@@ -41,14 +25,6 @@ public class ViewTests
 
     private static string N(double v) => v.ToString("0.0000", CultureInfo.InvariantCulture);
 
-    private static (int Code, string Out, string Err) Lens(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        var code = Program.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
-
     // Every run here in float64, so the page and the independent computation agree far below the views' four decimals.
     private static readonly string Model = Fixtures.Path("tiny-gpt2");
     private const string Ids = "5,17,290,33,8,17,290";
@@ -56,7 +32,7 @@ public class ViewTests
     [Test]
     public void AttentionViewHoldsEveryWeight()
     {
-        var path = Path.Combine(_tmp, "attention.html");
+        var path = Path.Combine(Tmp, "attention.html");
         var r = Lens("view", "attention", Model, "--tokens", Ids, "--heads", "0.1,1.3", "--dtype", "float64", "--out", path);
         Assert.That(r.Code, Is.EqualTo(0), r.Err);
         var html = File.ReadAllText(path);
@@ -83,7 +59,7 @@ public class ViewTests
     [Test]
     public void LogitLensViewHoldsTheTopTokenOfEveryLayer()
     {
-        var path = Path.Combine(_tmp, "lens.html");
+        var path = Path.Combine(Tmp, "lens.html");
         var r = Lens("view", "logit-lens", Model, "--tokens", Ids, "--top", "3", "--dtype", "float64", "--out", path);
         Assert.That(r.Code, Is.EqualTo(0), r.Err);
         var html = File.ReadAllText(path);
@@ -102,14 +78,14 @@ public class ViewTests
     [Test]
     public void PatchingViewHoldsEveryResult()
     {
-        var prompts = Path.Combine(_tmp, "prompts.jsonl");
+        var prompts = Path.Combine(Tmp, "prompts.jsonl");
         File.WriteAllLines(prompts, [
             JsonSerializer.Serialize(new { clean = new[] { 1, 2, 3, 4, 5 }, corrupted = new[] { 1, 9, 3, 4, 5 }, answer = 7, wrong = 8 }),
             JsonSerializer.Serialize(new { clean = new[] { 6, 2, 3, 4, 5 }, corrupted = new[] { 6, 2, 9, 4, 5 }, answer = 7, wrong = 8 }),
         ]);
-        var dir = Path.Combine(_tmp, "patch");
+        var dir = Path.Combine(Tmp, "patch");
         Assert.That(Lens("patch", Model, "--prompts", prompts, "--out", dir, "--kind", "head_out").Code, Is.EqualTo(0));
-        var path = Path.Combine(_tmp, "patch.html");
+        var path = Path.Combine(Tmp, "patch.html");
         var r = Lens("view", "patch", dir, "--pair", "1", "--out", path);
         Assert.That(r.Code, Is.EqualTo(0), r.Err);
         var html = File.ReadAllText(path);
@@ -127,7 +103,7 @@ public class ViewTests
         {
             foreach (var t in result.Values) t.Dispose();
         }
-        Assert.That(Lens("view", "patch", dir, "--out", Path.Combine(_tmp, "mean.html")).Code, Is.EqualTo(0));
+        Assert.That(Lens("view", "patch", dir, "--out", Path.Combine(Tmp, "mean.html")).Code, Is.EqualTo(0));
         Assert.That(Lens("view", "patch", dir, "--pair", "2", "--out", path).Code, Is.EqualTo(1));
     }
 
@@ -135,7 +111,7 @@ public class ViewTests
     public void FeatureViewHoldsTheActivations()
     {
         // An SAE in SAELens's format on the residual stream, written here.
-        var saeDir = Path.Combine(_tmp, "sae");
+        var saeDir = Path.Combine(Tmp, "sae");
         Directory.CreateDirectory(saeDir);
         File.WriteAllText(Path.Combine(saeDir, "cfg.json"), new JsonObject { ["d_in"] = 64, ["d_sae"] = 6, ["hook_name"] = "blocks.1.hook_resid_pre", ["dtype"] = "float64" }.ToJsonString());
         using (var scope = Torch.NewScope())
@@ -144,7 +120,7 @@ public class ViewTests
             {
                 ["W_enc"] = Torch.Randn([64, 6], g), ["b_enc"] = Torch.Zeros(6), ["W_dec"] = Torch.Randn([6, 64], g), ["b_dec"] = Torch.Zeros(64),
             });
-        var path = Path.Combine(_tmp, "features.html");
+        var path = Path.Combine(Tmp, "features.html");
         var r = Lens("view", "features", Model, "--tokens", Ids, "--sae", saeDir, "--features", "0,4", "--dtype", "float64", "--out", path);
         Assert.That(r.Code, Is.EqualTo(0), r.Err);
         var html = File.ReadAllText(path);
@@ -162,7 +138,7 @@ public class ViewTests
                 for (var p = 0; p < 7; p++) Assert.That(html, Does.Contain($"#{IdsArray[p]}: {N(acts[p * 6 + f])}"), $"feature {f} at {p}");
             }
         }
-        Assert.That(Lens("view", "features", Model, "--tokens", Ids, "--sae", saeDir, "--out", Path.Combine(_tmp, "top.html")).Code, Is.EqualTo(0));
+        Assert.That(Lens("view", "features", Model, "--tokens", Ids, "--sae", saeDir, "--out", Path.Combine(Tmp, "top.html")).Code, Is.EqualTo(0));
     }
 
     [Test]
@@ -175,7 +151,7 @@ public class ViewTests
         Assert.Throws<ArgumentException>(() => HtmlViews.PatchingHeatmap(new double[2, 3], ["a", "b"], ["x"], "t"));
         var heat = HtmlViews.PatchingHeatmap(new double[,] { { 1, double.NaN } }, ["L0"], ["0", "1"], "t", cleanMetric: 2, corruptedMetric: 0);
         Assert.That(heat, Does.Contain("restores 0.5000").And.Contain("NaN"));
-        var bad = Lens("view", "attention", Model, "--tokens", Ids, "--heads", "5.0", "--out", Path.Combine(_tmp, "x.html"));
+        var bad = Lens("view", "attention", Model, "--tokens", Ids, "--heads", "5.0", "--out", Path.Combine(Tmp, "x.html"));
         Assert.That(bad.Code, Is.EqualTo(1));
         Assert.That(bad.Err, Does.Contain("L5H0"));
     }

@@ -199,15 +199,7 @@ public sealed partial class ActivationCache
         ComputeHeadResults();
         using var scope = Torch.NewScope();
         var perLayer = Enumerable.Range(0, l).Select(i => pos.Apply(this["result", i], -3)).ToList();
-        var components = ConcatToFront(perLayer, () => EmptyLike(pos));
-        if (inclRemainder)
-        {
-            var resid = pos.Apply(this["resid_post", l - 1], -2);
-            var remainder = perLayer.Count == 0 ? resid : resid - components.Sum(0);
-            components = Torch.Cat([components, remainder.Unsqueeze(0)]);
-        }
-        if (applyLn) components = ApplyLnToStack(components, l, posSlice: pos);
-        return components.MoveToOuterScope();
+        return FinishStack(perLayer, l, pos, inclRemainder, applyLn).MoveToOuterScope();
     }
 
     /// <summary>The labels of <see cref="StackHeadResults"/> (<c>L0H0</c>, ..., and <c>remainder</c>).</summary>
@@ -256,15 +248,7 @@ public sealed partial class ActivationCache
         var neurons = KeepDimension(neuronSlice);
         using var scope = Torch.NewScope();
         var perLayer = Enumerable.Range(0, l).Select(i => GetNeuronResults(i, neurons, pos)).ToList();
-        var components = ConcatToFront(perLayer, () => EmptyLike(pos));
-        if (inclRemainder)
-        {
-            var resid = pos.Apply(this["resid_post", l - 1], -2);
-            var remainder = perLayer.Count == 0 ? resid : resid - components.Sum(0);
-            components = Torch.Cat([components, remainder.Unsqueeze(0)]);
-        }
-        if (applyLn) components = ApplyLnToStack(components, l, posSlice: pos);
-        return components.MoveToOuterScope();
+        return FinishStack(perLayer, l, pos, inclRemainder, applyLn).MoveToOuterScope();
     }
 
     /// <summary>The labels of <see cref="StackNeuronResults"/> (<c>L0N0</c>, ..., and <c>remainder</c>).</summary>
@@ -481,6 +465,23 @@ public sealed partial class ActivationCache
     {
         if (parts.Count == 0) throw new ArgumentException("there is nothing to stack for these arguments");
         return Torch.Stack(parts.Select(c => slice(c.Value())).ToList());
+    }
+
+    /// <summary>
+    /// Per-layer results [..., n_i, d_model] stacked as [Σn_i, ..., d_model], with the remainder of the residual stream entering
+    /// <paramref name="layer"/> appended and the norm's cached scale applied on request (the tail of the head and neuron stacks).
+    /// </summary>
+    private Tensor FinishStack(List<Tensor> perLayer, int layer, Slice pos, bool inclRemainder, bool applyLn)
+    {
+        var components = ConcatToFront(perLayer, () => EmptyLike(pos));
+        if (inclRemainder)
+        {
+            if (layer == 0) throw new ArgumentException("a remainder needs layer >= 1: before layer 0 there is no resid_post to fill up to");
+            var resid = pos.Apply(this["resid_post", layer - 1], -2);
+            var remainder = perLayer.Count == 0 ? resid : resid - components.Sum(0);
+            components = Torch.Cat([components, remainder.Unsqueeze(0)]);
+        }
+        return applyLn ? ApplyLnToStack(components, layer, posSlice: pos) : components;
     }
 
     /// <summary>Concatenates [..., n_i, d] tensors along their second-to-last dimension and moves that dimension to the front.</summary>

@@ -117,36 +117,13 @@ public static class PatchSweep
         if (options.BatchSize < 1) throw new SweepException($"--batch-size must be at least 1, got {options.BatchSize}");
         if (options.ChunkSize < 1) throw new SweepException($"--chunk-size must be at least 1, got {options.ChunkSize}");
         if (options.MaxTokensPerForward < 1) throw new SweepException($"--max-tokens must be at least 1, got {options.MaxTokensPerForward}");
-        if (!File.Exists(options.PromptsPath)) throw new SweepException($"prompts file '{options.PromptsPath}' does not exist");
         var hook = Patching.HookName(Activation(options.Kind), 0);
         if (!model.HookDict.ContainsKey(hook))
             throw new SweepException($"--kind {Key(options.Kind)} patches '{hook}', which this {model.Config.ModelType} model does not have" +
                                      (model.Config.ParallelAttnMlp ? " (its attention and MLP read the same residual stream)" : ""));
-        var prependBos = options.PrependBos ?? tokenizer?.BosTokenId is not null;
-        if (prependBos && tokenizer is not null && tokenizer.BosTokenId is null)
-            throw new SweepException("BOS was asked for but the model's tokenizer has no BOS token");
-
-        PromptFile prompts;
-        string promptsHash;
-        try
-        {
-            promptsHash = AttributionSweep.Sha256File(options.PromptsPath);
-            prompts = PromptFileReader.Read(options.PromptsPath, model.Config, tokenizer, prependBos);
-        }
-        catch (IOException e)
-        {
-            throw new SweepException($"cannot read prompts file '{options.PromptsPath}': {e.Message}", e);
-        }
-        if (prompts.Errors.Count > 0)
-        {
-            if (options.FailOnBadLines)
-                throw new SweepException($"{options.PromptsPath}: {prompts.Errors.Count} bad line(s) (--on-error fail): " +
-                                         string.Join("; ", prompts.Errors.Take(10)) + (prompts.Errors.Count > 10 ? "; ..." : ""));
-            foreach (var e in prompts.Errors) errors.WriteLine($"warning: {options.PromptsPath}: {e}; skipped");
-            errors.Flush();
-        }
+        var (prompts, promptsHash, prependBos) =
+            AttributionSweep.ReadPrompts(options.PromptsPath, options.PrependBos, options.FailOnBadLines, model.Config, tokenizer, errors);
         var pairs = prompts.Pairs;
-        if (pairs.Count == 0) throw new SweepException($"{options.PromptsPath} holds no valid prompt pair");
 
         var dtype = model.Config.DType;
         var arguments = new SortedDictionary<string, string>(StringComparer.Ordinal)

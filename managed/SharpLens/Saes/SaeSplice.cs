@@ -35,25 +35,16 @@ public sealed class SaeSplice : IDisposable
     /// </summary>
     public (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter = null, Func<Tensor, Tensor>? backwardObjective = null)
     {
-        var filter = namesFilter ?? (_ => true);
         var cache = new ActivationCache(Model, Sae.HookDict.Count);
         var handles = new List<HookHandle>();
         try
         {
-            handles.Add(Model.AddHook(filter, HookAction.Cache(cache)));
-            if (backwardObjective is not null) handles.Add(Model.AddHook(filter, HookAction.CacheGradient(cache)));
-            foreach (var name in Sae.HookDict.Keys.Where(filter))
+            foreach (var name in Sae.HookDict.Keys.Where(n => namesFilter is null || namesFilter(n)))
             {
                 handles.Add(Sae.AddHook(name, HookAction.Cache(cache)));
                 if (backwardObjective is not null) handles.Add(Sae.AddHook(name, HookAction.CacheGradient(cache)));
             }
-            var logits = Model.Forward(tokens);
-            if (backwardObjective is not null)
-            {
-                using var scope = Torch.NewScope();
-                backwardObjective(logits).Backward();
-            }
-            return (logits, cache);
+            return Model.RunWithCache(tokens, namesFilter, null, backwardObjective, cache);
         }
         catch
         {
