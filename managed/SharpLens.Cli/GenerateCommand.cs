@@ -103,7 +103,7 @@ internal static class GenerateCommand
 
     private static string FirstLine(string message) => message.Split('\n')[0].Trim();
 
-    private static long[] ParseIds(string text)
+    internal static long[] ParseIds(string text)
     {
         var parts = text.Split([',', ' ', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         if (parts.Length == 0) throw new CliException("--tokens holds no ids; give them comma-separated: \"1,2,3\"");

@@ -88,6 +88,8 @@ public static class Program
         root.Subcommands.Add(TrainCommand.Build(context));
         root.Subcommands.Add(GenerateCommand.Build(context));
         root.Subcommands.Add(SweepCommand.Build(context));
+        root.Subcommands.Add(PatchCommand.Build(context));
+        root.Subcommands.Add(ViewCommand.Build(context));
         root.Subcommands.Add(DemoCommand.Build(context));
         root.Subcommands.Add(VerifyCommand.Build(context));
         root.Subcommands.Add(BenchCommand.Build(context));

@@ -5,7 +5,7 @@ namespace SharpLens;
 /// TransformerLens's shorthand (<c>cache["resid_pre", 0]</c>, <c>cache["pattern", 1]</c>,
 /// <c>cache["scale", 0, "ln1"]</c>). Owns its tensors: dispose the cache to free them.
 /// </summary>
-public sealed class ActivationCache : IDisposable, IReadOnlyDictionary<string, Tensor>
+public sealed partial class ActivationCache : IDisposable, IReadOnlyDictionary<string, Tensor>
 {
     /// <summary>Appended to a hook point's name for its cached gradient (TransformerLens's <c>incl_bwd</c> naming).</summary>
     public const string GradientSuffix = "_grad";
@@ -20,7 +20,10 @@ public sealed class ActivationCache : IDisposable, IReadOnlyDictionary<string, T
     /// An empty cache for <paramref name="model"/>, to fill with <see cref="HookAction.Cache"/> and
     /// <see cref="HookAction.CacheGradient"/> (RunWithCache creates its own).
     /// </summary>
-    public ActivationCache(HookedModel model) : this(model.Config.Clone(), model.HookDict.Count) { }
+    public ActivationCache(HookedModel model) : this(model.Config.Clone(), model.HookDict.Count) => Model = model;
+
+    /// <summary>An empty cache for <paramref name="model"/> with gradient slots for <paramref name="extraHookPoints"/> hook points beyond the model's own (an SAE's).</summary>
+    internal ActivationCache(HookedModel model, int extraHookPoints) : this(model.Config.Clone(), model.HookDict.Count + extraHookPoints) => Model = model;
 
     internal ActivationCache(TransformerConfig config, int hookPoints)
     {
@@ -131,16 +134,6 @@ public sealed class ActivationCache : IDisposable, IReadOnlyDictionary<string, T
         }
         return full;
     }
-
-    /// <summary>The residual stream before each block and after the last (TransformerLens <c>accumulated_resid</c>): [n_layers + 1, batch, pos, d_model].</summary>
-    public Tensor AccumulatedResid()
-    {
-        var parts = Enumerable.Range(0, Config.NLayers).Select(l => this["resid_pre", l]).Append(this["resid_post", Config.NLayers - 1]).ToList();
-        return Torch.Stack(parts);
-    }
-
-    /// <summary>Every head's output written into the residual stream: [n_layers, batch, pos, head, d_model] (needs <c>UseAttnResult</c>).</summary>
-    public Tensor StackHeadResults() => Torch.Stack(Enumerable.Range(0, Config.NLayers).Select(l => this["result", l]).ToList());
 
     /// <inheritdoc/>
     public bool ContainsKey(string key) => Collected.ContainsKey(key);

@@ -305,9 +305,13 @@ public abstract class HookedModel : IDisposable
     /// <c>&lt;name&gt;_grad</c> (TransformerLens's <c>incl_bwd</c>). Parameter gradients accumulate in <c>.Grad</c> as usual.
     /// </summary>
     public (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter, Tensor? attentionMask,
-        Func<Tensor, Tensor>? backwardObjective)
+        Func<Tensor, Tensor>? backwardObjective) =>
+        RunWithCache(tokens, namesFilter, attentionMask, backwardObjective, new ActivationCache(this));
+
+    /// <summary>As the public overload, recording into <paramref name="cache"/> (which it disposes if the run fails).</summary>
+    internal (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter, Tensor? attentionMask,
+        Func<Tensor, Tensor>? backwardObjective, ActivationCache cache)
     {
-        var cache = new ActivationCache(Config.Clone(), _hooks.Count);
         var points = _hooks.Values.Where(h => IsEnabled(h) && (namesFilter is null || namesFilter(h.Name))).ToList();
         // Built-in actions: no delegate per hook point forward, and gradients captured natively backward.
         using var handle = AddActions(points, HookAction.Cache(cache), permanent: false);

@@ -100,32 +100,7 @@ public static class AttributionSweep
         if (options.BatchSize < 1) throw new SweepException($"--batch-size must be at least 1, got {options.BatchSize}");
         if (options.ChunkSize < 1) throw new SweepException($"--chunk-size must be at least 1, got {options.ChunkSize}");
         if (options.Exact < 0) throw new SweepException($"--exact must be 0 or more, got {options.Exact}");
-        if (!File.Exists(options.PromptsPath)) throw new SweepException($"prompts file '{options.PromptsPath}' does not exist");
-        var prependBos = options.PrependBos ?? tokenizer?.BosTokenId is not null;
-        if (prependBos && tokenizer is not null && tokenizer.BosTokenId is null)
-            throw new SweepException("BOS was asked for but the model's tokenizer has no BOS token");
-
-        // Prompts: read and validate every line up front, so the set of pairs (and the chunking) is fixed.
-        string promptsHash;
-        PromptFile prompts;
-        try
-        {
-            promptsHash = Sha256File(options.PromptsPath);
-            prompts = PromptFileReader.Read(options.PromptsPath, model.Config, tokenizer, prependBos);
-        }
-        catch (IOException e)
-        {
-            throw new SweepException($"cannot read prompts file '{options.PromptsPath}': {e.Message}", e);
-        }
-        if (prompts.Errors.Count > 0)
-        {
-            if (options.FailOnBadLines)
-                throw new SweepException($"{options.PromptsPath}: {prompts.Errors.Count} bad line(s) (--on-error fail): " +
-                                         string.Join("; ", prompts.Errors.Take(10)) + (prompts.Errors.Count > 10 ? "; ..." : ""));
-            foreach (var e in prompts.Errors) errors.WriteLine($"warning: {options.PromptsPath}: {e}; skipped");
-            errors.Flush();
-        }
-        if (prompts.Pairs.Count == 0) throw new SweepException($"{options.PromptsPath} holds no valid prompt pair");
+        var (prompts, promptsHash, prependBos) = ReadPrompts(options.PromptsPath, options.PrependBos, options.FailOnBadLines, model.Config, tokenizer, errors);
 
         var pairs = prompts.Pairs;
         var positions = pairs.Max(p => p.Length);
@@ -159,6 +134,41 @@ public static class AttributionSweep
         }
 
         return new SweepPlan(options, dir, pairs, prompts.Errors.Count, positions, chunks, storage, patcher, arguments, argumentsHash);
+    }
+
+    /// <summary>
+    /// Reads and validates every line of a prompts file up front (so the set of pairs, and the chunking, is fixed): the
+    /// pairs, the file's hash and whether BOS is prepended to text prompts. Bad lines are reported to <paramref name="errors"/>
+    /// and skipped, or fail the run with <paramref name="failOnBadLines"/>; a file without a valid pair fails it.
+    /// </summary>
+    internal static (PromptFile Prompts, string Hash, bool PrependBos) ReadPrompts(string path, bool? prependBosOption, bool failOnBadLines,
+        TransformerConfig config, BpeTokenizer? tokenizer, TextWriter errors)
+    {
+        if (!File.Exists(path)) throw new SweepException($"prompts file '{path}' does not exist");
+        var prependBos = prependBosOption ?? tokenizer?.BosTokenId is not null;
+        if (prependBos && tokenizer is not null && tokenizer.BosTokenId is null)
+            throw new SweepException("BOS was asked for but the model's tokenizer has no BOS token");
+        string hash;
+        PromptFile prompts;
+        try
+        {
+            hash = Sha256File(path);
+            prompts = PromptFileReader.Read(path, config, tokenizer, prependBos);
+        }
+        catch (IOException e)
+        {
+            throw new SweepException($"cannot read prompts file '{path}': {e.Message}", e);
+        }
+        if (prompts.Errors.Count > 0)
+        {
+            if (failOnBadLines)
+                throw new SweepException($"{path}: {prompts.Errors.Count} bad line(s) (--on-error fail): " +
+                                         string.Join("; ", prompts.Errors.Take(10)) + (prompts.Errors.Count > 10 ? "; ..." : ""));
+            foreach (var e in prompts.Errors) errors.WriteLine($"warning: {path}: {e}; skipped");
+            errors.Flush();
+        }
+        if (prompts.Pairs.Count == 0) throw new SweepException($"{path} holds no valid prompt pair");
+        return (prompts, hash, prependBos);
     }
 
     /// <summary>
@@ -364,7 +374,7 @@ public static class AttributionSweep
         return diffs.Count == 0 ? "the manifest's argument hash does not match" : string.Join("; ", diffs);
     }
 
-    private static string ModelFingerprint(string modelDir)
+    internal static string ModelFingerprint(string modelDir)
     {
         var parts = new List<string>();
         // The config and tokenizer files by content (they are small; the tokenizer decides what text prompts become),
@@ -379,13 +389,13 @@ public static class AttributionSweep
         return string.Join("; ", parts);
     }
 
-    private static string Sha256File(string path)
+    internal static string Sha256File(string path)
     {
         using var s = File.OpenRead(path);
         return Convert.ToHexStringLower(SHA256.HashData(s));
     }
 
-    private static string Sha256(byte[] data) => Convert.ToHexStringLower(SHA256.HashData(data));
+    internal static string Sha256(byte[] data) => Convert.ToHexStringLower(SHA256.HashData(data));
 
     /// <summary>DIR/manifest.json.</summary>
     internal sealed class Manifest
