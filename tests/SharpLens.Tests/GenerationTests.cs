@@ -153,10 +153,17 @@ public class GenerationTests
         using var scope = Torch.NewScope();
         var shapes = new List<long[]>();
         using (_bridge.AddHook("hook_embed", (a, _) => { shapes.Add(a.Shape); return null; }))
-            _bridge.Generate(Prompt(PromptIds), 7, temperature: 0);
+            _bridge.Generate(Prompt(PromptIds), 7, temperature: 0, useKeyValueCache: false);
         Assert.That(shapes, Has.Count.EqualTo(7), "one forward pass per generated token");
         for (var i = 0; i < shapes.Count; i++)
             Assert.That(shapes[i], Is.EqualTo(new long[] { 1, PromptIds.Length + i, _bridge.Config.DModel }), "each step reruns the whole sequence");
+        // With the key/value cache (the default) the first step runs the prompt, every later one only the new position.
+        shapes.Clear();
+        using (_bridge.AddHook("hook_embed", (a, _) => { shapes.Add(a.Shape); return null; }))
+            _bridge.Generate(Prompt(PromptIds), 7, temperature: 0);
+        Assert.That(shapes, Has.Count.EqualTo(7));
+        Assert.That(shapes[0], Is.EqualTo(new long[] { 1, PromptIds.Length, _bridge.Config.DModel }));
+        for (var i = 1; i < shapes.Count; i++) Assert.That(shapes[i], Is.EqualTo(new long[] { 1, 1, _bridge.Config.DModel }), $"step {i}");
     }
 
     [Test]

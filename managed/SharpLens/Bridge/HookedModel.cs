@@ -341,15 +341,15 @@ public abstract class HookedModel : IDisposable
         using (Hooks(hooks.ToArray())) return Forward(tokens, attentionMask);
     }
 
-    protected void ValidateInputs(Tensor tokens, Tensor? attentionMask)
+    protected void ValidateInputs(Tensor tokens, Tensor? attentionMask, long cachedPositions = 0)
     {
         if (tokens.Dim != 2 || tokens.DType != ScalarType.Int64)
             throw new ArgumentException($"tokens must be int64 [batch, pos], got {tokens.DType.ToTorchName()} {Tensor.FormatShape(tokens.Shape)}");
         // One behaviour for the library and the CLI: an empty batch or an empty sequence has nothing to run.
         if (tokens.Size(0) == 0 || tokens.Size(1) == 0)
             throw new ArgumentException($"tokens must have at least one row and one position, got {Tensor.FormatShape(tokens.Shape)}");
-        if (tokens.Size(1) > Config.NCtx)
-            throw new ArgumentException($"{tokens.Size(1)} positions exceed the model's context of {Config.NCtx}");
+        if (tokens.Size(1) + cachedPositions > Config.NCtx)
+            throw new ArgumentException($"{tokens.Size(1) + cachedPositions} positions exceed the model's context of {Config.NCtx}");
         // Token values can be read only where tensors hold data (not on the meta device).
         if (tokens.NumEl > 0 && tokens.Device.Type != DeviceType.Meta)
         {

@@ -1,5 +1,6 @@
 using SharpLens.Adapters;
 using SharpLens.Components;
+using SharpLens.Generation;
 using SharpLens.Tensors;
 
 namespace SharpLens;
@@ -7,19 +8,53 @@ namespace SharpLens;
 public sealed partial class TransformerBridge
 {
     /// <summary>The forward pass; every tensor it creates lands in the caller's scope.</summary>
-    protected override Tensor RunModel(Tensor tokens, Tensor? attentionMask)
+    protected override Tensor RunModel(Tensor tokens, Tensor? attentionMask) => RunModel(tokens, attentionMask, null);
+
+    private Tensor RunModel(Tensor tokens, Tensor? attentionMask, KeyValueCache? cache)
     {
-        ValidateInputs(tokens, attentionMask);
+        ValidateInputs(tokens, attentionMask, cache?.Length ?? 0);
+        if (cache is not null && attentionMask is not null)
+            throw new ArgumentException("a key/value cache continues unpadded rows; an attention mask is not supported with it");
+        cache?.CheckContinuation(tokens.Size(0), tokens.Size(1), Config.NCtx);
         _computeCasts = NeedsFloat32Compute ? new Dictionary<string, Tensor>() : null;
+        _kvCache = cache;
         try
         {
             var logits = RunModelCore(tokens, attentionMask);
+            cache?.Advance(tokens.Size(0), tokens.Size(1));
             return _computeCasts is null ? logits : logits.To(Config.DType);
         }
         finally
         {
             _computeCasts = null;
+            _kvCache = null;
         }
+    }
+
+    /// <summary>The key/value cache of the forward pass in progress (null for an ordinary pass).</summary>
+    private KeyValueCache? _kvCache;
+
+    /// <summary>An empty key/value cache for this model (see <see cref="Forward(Tensor, KeyValueCache)"/>); dispose it.</summary>
+    public KeyValueCache NewKeyValueCache()
+    {
+        ThrowIfDisposed();
+        return new KeyValueCache(Config.NLayers);
+    }
+
+    /// <summary>
+    /// Logits [batch, new, vocab] of the <paramref name="tokens"/> [batch, new] that follow the positions already in
+    /// <paramref name="cache"/>, computing only the new positions: their keys and values are appended to the cache and
+    /// attention runs over everything cached (TransformerLens's <c>use_past_kv_cache</c>). Hooks fire on the new positions'
+    /// activations (scores and pattern [batch, head, new, cached + new]). Rows are unpadded.
+    /// </summary>
+    public Tensor Forward(Tensor tokens, KeyValueCache cache)
+    {
+        ThrowIfDisposed();
+        ArgumentNullException.ThrowIfNull(cache);
+        var outer = DisposeScope.Current;
+        using var scope = Torch.NewScope();
+        var logits = RunModel(tokens, null, cache);
+        return outer is null ? logits.DetachFromScope() : logits.MoveToOuterScope();
     }
 
     /// <summary>
@@ -54,6 +89,8 @@ public sealed partial class TransformerBridge
         if (Config.UseHookTokens) tokens = Fire(_hookTokens, tokens);
         var (batch, pos) = (tokens.Size(0), tokens.Size(1));
         var positions = Positions(batch, pos, attentionMask, tokens.Device);
+        // The new positions follow the cached ones (an int64 offset: a double scalar would promote the ids to floating point).
+        if (_kvCache is { Length: > 0 } kv) positions = positions + Torch.Full([], kv.Length, ScalarType.Int64, tokens.Device);
         // One cos/sin table per forward, shared by every layer (one row per position unless a mask shifts them).
         var rotary = Config.Positional == PositionalEmbedding.Rotary ? RotaryTables.Table(Config, positions, shared: attentionMask is null) : null;
 
@@ -296,6 +333,9 @@ public sealed partial class TransformerBridge
             q = Fire(h.RotQ, TransformerOps.Rotary(q, rotary));
             k = Fire(h.RotK, TransformerOps.Rotary(k, rotary));
         }
+        // With a key/value cache the new queries attend over the cached keys too (query i sits at key position
+        // cached + i, the attention contract's offset), and the new keys and values join the cache.
+        if (_kvCache is { } cache) (k, v) = cache.Append(i, k, v);
 
         var options = Config.AttentionOptionsFor(i);
         Tensor z;

@@ -3,13 +3,13 @@ using SharpLens.Tokenization;
 namespace SharpLens.Generation;
 
 /// <summary>
-/// Autoregressive generation from a hooked model, with every hook registered on the model active on every
-/// step (TransformerLens's <c>generate</c> with <c>use_past_kv_cache=False</c>).
+/// Autoregressive generation from a hooked model, with every hook registered on the model active on every step.
 /// <para>
-/// Each step recomputes the whole sequence: there is no key/value cache yet, so generating <c>m</c> tokens
-/// after a prompt of <c>n</c> costs <c>m</c> forward passes over <c>n</c>..<c>n + m - 1</c> positions. The upside is
-/// that a hook sees the full activation of every step (<c>hook_embed</c> fires once per step with
-/// [1, pos, d_model]), exactly as in a plain <see cref="HookedModel.Forward"/>.
+/// By default a bridge keeps a key/value cache (TransformerLens's <c>use_past_kv_cache=True</c>): the first step runs the
+/// prompt, each later step only the new position, and hooks fire on the new positions' activations (<c>hook_embed</c> as
+/// [1, 1, d_model] after the first step). With <c>useKeyValueCache: false</c> (or backward hooks attached, or the reference
+/// HookedTransformer) every step recomputes the whole sequence, and a hook sees the full activation of every step, as in a
+/// plain <see cref="HookedModel.Forward"/>. Greedy decoding gives the same tokens either way.
 /// </para>
 /// <para>
 /// Sampling follows HuggingFace's logits processors, in their order: divide by the temperature, keep the
@@ -35,11 +35,14 @@ public static class TextGenerator
     /// <param name="topP">Keep the smallest set of most likely tokens whose probability reaches p, 0 &lt; p ≤ 1.</param>
     /// <param name="seed">Seed of the sampler; null draws a random seed.</param>
     /// <param name="stopTokenId">Stop after this token is generated.</param>
+    /// <param name="useKeyValueCache">A bridge keeps a <see cref="KeyValueCache"/> so each step after the first runs only the new
+    /// position (hooks fire on it); false reruns the whole sequence every step (hooks see every position each time). Ignored
+    /// (whole sequence) for the reference HookedTransformer and while backward hooks are attached.</param>
     /// <exception cref="ArgumentOutOfRangeException">A negative <paramref name="maxNewTokens"/> or one that overruns the context,
     /// a negative or non-finite temperature, <paramref name="topK"/> below 1, <paramref name="topP"/> outside (0, 1], or a stop token outside the vocabulary.</exception>
     /// <exception cref="ArgumentException">The prompt is not int64 [1, n] with n ≥ 1.</exception>
     public static Tensor Generate(this HookedModel model, Tensor promptTokens, int maxNewTokens, double temperature = 1.0,
-        int? topK = null, double? topP = null, ulong? seed = null, int? stopTokenId = null)
+        int? topK = null, double? topP = null, ulong? seed = null, int? stopTokenId = null, bool useKeyValueCache = true)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(promptTokens);
@@ -65,6 +68,9 @@ public static class TextGenerator
         // Backward hooks need a graph (they throw under no-grad); otherwise nothing here needs one.
         var needGraph = model.HookDict.Values.Any(h => h.BackwardHookCount > 0);
 
+        // The key/value cache: each step after the first runs one new position. Backward hooks need each step's whole graph,
+        // so with any attached (or when asked) every step reruns the whole sequence instead.
+        using var cache = useKeyValueCache && !needGraph && model is TransformerBridge cached ? cached.NewKeyValueCache() : null;
         for (var step = 0; step < maxNewTokens; step++)
         {
             GradModeScope? mode = needGraph ? null : Torch.NoGrad();
@@ -72,9 +78,17 @@ public static class TextGenerator
             try
             {
                 using var scope = Torch.NewScope();
-                var tokens = Torch.FromArray(ids.ToArray(), 1, ids.Count).To(device);
-                var logits = model.Forward(tokens);
-                var last = logits.Select(0, 0).Select(0, ids.Count - 1).To(Device.CPU, ScalarType.Float64).ToArray<double>();
+                Tensor logits;
+                if (cache is null)
+                {
+                    logits = model.Forward(Torch.FromArray(ids.ToArray(), 1, ids.Count).To(device));
+                }
+                else
+                {
+                    var fresh = ids.Skip((int)cache.Length).ToArray();
+                    logits = ((TransformerBridge)model).Forward(Torch.FromArray(fresh, 1, fresh.Length).To(device), cache);
+                }
+                var last = logits.Select(0, 0).Select(0, -1).To(Device.CPU, ScalarType.Float64).ToArray<double>();
                 next = temperature == 0 ? Argmax(last) : Sample(FilterLogits(last, temperature, topK, topP), rng);
             }
             finally
