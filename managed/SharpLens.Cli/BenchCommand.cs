@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using SharpLens.Benchmarks;
 using SharpLens.Loading;
+using SharpLens.Tensors;
 
 namespace SharpLens.Cli;
 
@@ -14,8 +15,14 @@ internal static class BenchCommand
 {
     public static Command Build(CliContext context)
     {
-        var arch = new Option<string>("--arch") { Description = "Model shape: gpt2 (GPT-2 small) or gpt_neox (Pythia-160m)", DefaultValueFactory = _ => "gpt2" };
-        arch.AcceptOnlyFromAmong("gpt2", "gpt_neox");
+        var arch = new Option<string>("--arch")
+        {
+            Description = "Model shape: gpt2 (GPT-2 small), gpt_neox (Pythia-160m) or llama (12 layers, d_model 768, 12/4 heads, d_mlp 2048, vocab 32000)",
+            DefaultValueFactory = _ => "gpt2",
+        };
+        arch.AcceptOnlyFromAmong("gpt2", "gpt_neox", "llama");
+        var dtype = new Option<string>("--dtype") { Description = "Parameter dtype", DefaultValueFactory = _ => "float32" };
+        dtype.AcceptOnlyFromAmong("float32", "float64", "bfloat16", "float16");
         var batch = new Option<int>("--batch") { Description = "Sequences per batch", DefaultValueFactory = _ => 4 };
         var seq = new Option<int>("--seq") { Description = "Tokens per sequence", DefaultValueFactory = _ => 128 };
         var reps = new Option<int>("--reps") { Description = "Timed repetitions of each pass (the median is reported)", DefaultValueFactory = _ => 3 };
@@ -31,15 +38,23 @@ internal static class BenchCommand
             "forward_s, run_with_cache_s, fwd_bwd_s, fwd_bwd_all_bwd_hooks_s, tokens, threads; --profile writes where each " +
             "pass spends its time, per operator.")
         {
-            arch, batch, seq, reps, json, profile,
+            arch, dtype, batch, seq, reps, json, profile,
         };
-        command.SetAction(parse => context.Execute(() => Run(context, parse.GetValue(arch)!, parse.GetValue(batch),
+        command.SetAction(parse => context.Execute(() => Run(context, parse.GetValue(arch)!, parse.GetValue(dtype)!, parse.GetValue(batch),
             parse.GetValue(seq), parse.GetValue(reps), parse.GetValue(json), parse.GetValue(profile))));
         return command;
     }
 
-    private static int Run(CliContext context, string arch, int batch, int seq, int reps, string? jsonPath, string? profileDir)
+    private static int Run(CliContext context, string arch, string dtypeName, int batch, int seq, int reps, string? jsonPath, string? profileDir)
     {
+        var device = CliSupport.ParseDevice(CliSupport.RequestedDevice);
+        var dtype = dtypeName switch
+        {
+            "float64" => ScalarType.Float64,
+            "bfloat16" => ScalarType.BFloat16,
+            "float16" => ScalarType.Float16,
+            _ => ScalarType.Float32,
+        };
         if (batch < 1 || seq < 2 || reps < 1) throw new CliException("--batch and --reps must be at least 1, --seq at least 2");
         var jsonFull = jsonPath is null ? null : CliSupport.CheckOutPath(jsonPath);
         Action<string, IReadOnlyList<ProfiledOp>>? writeProfile = null;
@@ -60,16 +75,22 @@ internal static class BenchCommand
         var dir = Directory.CreateTempSubdirectory("sharplens-bench").FullName;
         try
         {
-            context.Out.WriteLine($"writing a random {(arch == "gpt2" ? "GPT-2 small" : "Pythia-160m")}-shaped model to {dir}");
-            RandomCheckpoint.Write(dir, arch == "gpt2" ? RandomCheckpoint.Gpt2Small() : RandomCheckpoint.Pythia160m(), seed: 0);
+            var (shape, config) = arch switch
+            {
+                "gpt2" => ("GPT-2 small", RandomCheckpoint.Gpt2Small()),
+                "gpt_neox" => ("Pythia-160m", RandomCheckpoint.Pythia160m()),
+                _ => ("Llama (12 x 768, 12/4 heads)", RandomCheckpoint.Llama160m()),
+            };
+            context.Out.WriteLine($"writing a random {shape}-shaped model to {dir}");
+            RandomCheckpoint.Write(dir, config, seed: 0);
             using var scope = Torch.NewScope();
-            using var bridge = TransformerBridge.Load(dir);
+            using var bridge = TransformerBridge.Load(dir, new BridgeOptions { DType = dtype, Device = device });
             if (seq > bridge.Config.NCtx) throw new CliException($"--seq {seq} exceeds the model's context of {bridge.Config.NCtx}");
             using var generator = new Generator(1);
-            var tokens = Torch.RandInt(0, bridge.Config.DVocab, [batch, seq], generator);
+            var tokens = Torch.RandInt(0, bridge.Config.DVocab, [batch, seq], generator).To(device);
             var t = PassBenchmark.Run(bridge, tokens, reps, line => context.Out.WriteLine("  " + line), writeProfile);
             context.Out.WriteLine();
-            context.Out.WriteLine($"{arch}, {batch} x {seq} = {t.Tokens} tokens, {t.Threads} threads, median of {t.Reps}");
+            context.Out.WriteLine($"{arch} {t.DType} on {t.Device}, {batch} x {seq} = {t.Tokens} tokens, {t.Threads} threads, median of {t.Reps}");
             context.Out.WriteLine($"{"pass",-40} {"seconds",10} {"vs forward",11}");
             void Row(string name, double s) => context.Out.WriteLine($"{name,-40} {s,10:F3} {s / t.ForwardSeconds,10:F2}x");
             Row("forward", t.ForwardSeconds);
@@ -77,6 +98,10 @@ internal static class BenchCommand
             Row("forward, no-op hook on every hook point", t.ForwardNoOpHooksSeconds);
             Row("forward + backward", t.ForwardBackwardSeconds);
             Row($"fwd + bwd, {t.BackwardHooks} backward hooks", t.ForwardBackwardAllBackwardHooksSeconds);
+            Row("the forward's GEMMs alone", t.GemmSeconds);
+            context.Out.WriteLine($"ratios: run_with_cache / forward {t.RunWithCacheSeconds / t.ForwardSeconds:F2}, " +
+                                  $"hooked fwd+bwd / fwd+bwd {t.ForwardBackwardAllBackwardHooksSeconds / t.ForwardBackwardSeconds:F2}, " +
+                                  $"forward / GEMMs {t.ForwardSeconds / t.GemmSeconds:F2}");
             if (jsonFull is not null)
             {
                 File.WriteAllText(jsonFull, t.ToJson() + Environment.NewLine);

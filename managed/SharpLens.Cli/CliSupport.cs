@@ -17,9 +17,39 @@ internal static class CliSupport
         _ => throw new CliException($"--dtype must be float32 or float64, got '{name}'"),
     };
 
-    /// <summary>Loads the bridge, turning every fault of the model directory into a <see cref="CliException"/>.</summary>
+    private static readonly AsyncLocal<string?> RequestedDeviceName = new();
+
+    /// <summary>The <c>--device</c> of the command being run (set by <see cref="Program"/> for the run).</summary>
+    internal static string? RequestedDevice
+    {
+        get => RequestedDeviceName.Value;
+        set => RequestedDeviceName.Value = value;
+    }
+
+    /// <summary>The device <c>--device</c> names, checked: CUDA only where this build of libsharplens and libtorch has it.</summary>
+    public static Device ParseDevice(string? name)
+    {
+        Device device;
+        try
+        {
+            device = Device.Parse(name ?? "cpu");
+        }
+        catch (FormatException e)
+        {
+            throw new CliException($"--device: {e.Message}", e);
+        }
+        if (device.Type == DeviceType.Meta)
+            throw new CliException("--device meta holds shapes without values, so no command could write a result; use cpu or cuda");
+        if (device.Type == DeviceType.CUDA && !Torch.CudaIsAvailable)
+            throw new CliException($"--device {name}: CUDA is not available here (this libsharplens and its libtorch see no CUDA device); " +
+                                   "build against a CUDA libtorch (SHARPLENS_LIBTORCH, ./build.sh gpu-check) on a machine with a GPU, or use --device cpu");
+        return device;
+    }
+
+    /// <summary>Loads the bridge on the <c>--device</c> of the run, turning every fault of the model directory into a <see cref="CliException"/>.</summary>
     public static TransformerBridge LoadBridge(string modelDir, BridgeOptions options)
     {
+        if (options.Device is null) options = options with { Device = ParseDevice(RequestedDevice) };
         if (string.IsNullOrWhiteSpace(modelDir)) throw new CliException("MODEL_DIR is empty");
         if (File.Exists(modelDir)) throw new CliException($"model directory '{modelDir}' is a file, not a directory");
         if (!Directory.Exists(modelDir)) throw new CliException($"model directory '{modelDir}' does not exist");

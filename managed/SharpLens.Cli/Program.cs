@@ -53,8 +53,10 @@ public static class Program
             return UserError;
         }
         var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
+        var previousDevice = CliSupport.RequestedDevice;
         try
         {
+            CliSupport.RequestedDevice = parsed.GetValue(DeviceOption);
             return parsed.Invoke(config);
         }
         catch (Exception e)
@@ -63,10 +65,23 @@ public static class Program
         }
         finally
         {
+            CliSupport.RequestedDevice = previousDevice;
             stdout.Flush();
             stderr.Flush();
         }
     }
+
+    /// <summary>
+    /// <c>--device cpu|cuda|cuda:N</c>, given before or after the sub-command: where every command that runs a model puts it
+    /// (and its inputs). A clear error when CUDA is asked for and this build of libsharplens or libtorch has none.
+    /// </summary>
+    internal static readonly Option<string> DeviceOption = new("--device")
+    {
+        Description = "Where the model runs: cpu, cuda or cuda:N",
+        DefaultValueFactory = _ => "cpu",
+        Recursive = true,
+        HelpName = "cpu|cuda|cuda:N",
+    };
 
     private static IEnumerable<string> CommandPath(ParseResult parsed)
     {
@@ -93,6 +108,7 @@ public static class Program
         root.Subcommands.Add(DemoCommand.Build(context));
         root.Subcommands.Add(VerifyCommand.Build(context));
         root.Subcommands.Add(BenchCommand.Build(context));
+        root.Options.Add(DeviceOption);
         return root;
     }
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using SharpLens.Adapters;
 
 namespace SharpLens.Benchmarks;
 
@@ -17,6 +18,18 @@ public sealed record PassTimings(
     [property: JsonPropertyName("hooks_cached")] int HooksCached,
     [property: JsonPropertyName("backward_hooks")] int BackwardHooks)
 {
+    /// <summary>The same forward's GEMMs alone (every linear layer and the unembedding on inputs of the pass's shape).</summary>
+    [JsonPropertyName("gemm_s")]
+    public double GemmSeconds { get; init; }
+
+    /// <summary>Where the passes ran.</summary>
+    [JsonPropertyName("device")]
+    public string Device { get; init; } = "cpu";
+
+    /// <summary>The parameters' dtype.</summary>
+    [JsonPropertyName("dtype")]
+    public string DType { get; init; } = "float32";
+
     /// <summary>The figures as indented JSON (the keys <c>lens bench --json</c> documents).</summary>
     public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
 }
@@ -38,15 +51,17 @@ public static class PassBenchmark
     {
         if (reps < 1) throw new ArgumentOutOfRangeException(nameof(reps), reps, "reps must be at least 1");
         var hookCount = 0;
+        // Every pass ends by waiting for the device (a no-op on the CPU), so GPU timings are of finished work.
         var forward = Median(reps, progress, profile, "forward", () =>
         {
             using var scope = Torch.NewScope();
-            bridge.Forward(tokens);
+            Torch.Synchronize(bridge.Forward(tokens));
         });
         var cache = Median(reps, progress, profile, "run_with_cache", () =>
         {
             using var scope = Torch.NewScope();
-            var (_, c) = bridge.RunWithCache(tokens);
+            var (l, c) = bridge.RunWithCache(tokens);
+            Torch.Synchronize(l);
             hookCount = c.Count;
             c.Dispose();
         });
@@ -55,12 +70,13 @@ public static class PassBenchmark
             noOp = Median(reps, progress, profile, "forward_noop_hooks", () =>
             {
                 using var scope = Torch.NewScope();
-                bridge.Forward(tokens);
+                Torch.Synchronize(bridge.Forward(tokens));
             });
         var fwdBwd = Median(reps, progress, profile, "fwd_bwd", () =>
         {
             using var scope = Torch.NewScope();
             bridge.Forward(tokens).Select(1, -1).Sum().Backward();
+            Torch.Synchronize(bridge.Parameters()[0].Grad!);
             ClearGrads(bridge);
         });
         var captured = new List<Tensor>();
@@ -74,12 +90,61 @@ public static class PassBenchmark
         {
             using var scope = Torch.NewScope();
             bridge.Forward(tokens).Select(1, -1).Sum().Backward();
+            Torch.Synchronize(bridge.Parameters()[0].Grad!);
             backwardHookCount = captured.Count;
             foreach (var t in captured) t.Dispose();
             captured.Clear();
             ClearGrads(bridge);
         });
-        return new PassTimings(forward, cache, noOp, fwdBwd, fwdBwdHooks, tokens.NumEl, Torch.NumThreads, reps, hookCount, backwardHookCount);
+        var gemm = Median(reps, progress, null, "gemm_only", () => GemmOnly(bridge, tokens.NumEl));
+        return new PassTimings(forward, cache, noOp, fwdBwd, fwdBwdHooks, tokens.NumEl, Torch.NumThreads, reps, hookCount, backwardHookCount)
+        {
+            GemmSeconds = gemm,
+            Device = bridge.Config.Device.ToString(),
+            DType = bridge.Config.DType.ToTorchName(),
+        };
+    }
+
+    /// <summary>
+    /// The forward pass's matrix products and nothing else: every linear layer of the component mapping (q, k, v or the fused
+    /// QKV, the output projection, the MLP's) and the unembedding, each on a [tokens, in] input, as one GEMM per layer. What a
+    /// forward pass could cost if everything but its GEMMs were free: the baseline the forward time is reported against.
+    /// </summary>
+    public static void GemmOnly(TransformerBridge bridge, long tokens)
+    {
+        using var scope = Torch.NewScope();
+        using var noGrad = Torch.NoGrad();
+        var spec = bridge.Adapter.Describe(bridge.Config);
+        var device = bridge.Config.Device;
+        var dtype = bridge.Config.DType;
+        var inputs = new Dictionary<long, Tensor>();
+        Tensor Input(long features) => inputs.TryGetValue(features, out var x) ? x : inputs[features] = Torch.Ones([tokens, features], dtype, device);
+        Tensor? last = null;
+        void Gemm(LinearSpec l)
+        {
+            var w = bridge.Parameter(l.Weight);
+            var inFeatures = l.Layout == LinearWeightLayout.OutIn ? w.Size(1) : w.Size(0);
+            last = Functional.Linear(Input(inFeatures), w, null, l.Layout);
+        }
+        foreach (var b in spec.Blocks)
+        {
+            switch (b.Attention.Qkv)
+            {
+                case FusedQkvSpec f: Gemm(f.Linear with { Slice = null }); break;
+                case SeparateQkvSpec q when q.Q.Weight == q.K.Weight: Gemm(q.Q with { Slice = null }); break;  // one fused weight read as views
+                case SeparateQkvSpec q: Gemm(q.Q); Gemm(q.K); Gemm(q.V); break;
+            }
+            Gemm(b.Attention.Out);
+            if (b.Mlp.Gate is { } gate && gate.Weight == b.Mlp.In.Weight) Gemm(gate with { Slice = null });
+            else
+            {
+                if (b.Mlp.Gate is { } g) Gemm(g);
+                Gemm(b.Mlp.In);
+            }
+            Gemm(b.Mlp.Out);
+        }
+        last = Functional.Linear(Input(bridge.Config.DModel), bridge.Parameter(spec.Unembed), null, LinearWeightLayout.OutIn);
+        Torch.Synchronize(last);
     }
 
     private static void ClearGrads(TransformerBridge bridge)

@@ -227,7 +227,7 @@ public abstract class HookedModel : IDisposable
         ThrowIfDisposed();
         var outer = DisposeScope.Current;
         using var scope = Torch.NewScope();
-        var logits = RunModel(tokens, attentionMask);
+        var logits = RunModel(OnModelDevice(tokens), attentionMask is null ? null : OnModelDevice(attentionMask));
         return outer is null ? logits.DetachFromScope() : logits.MoveToOuterScope();
     }
 
@@ -240,6 +240,7 @@ public abstract class HookedModel : IDisposable
         ThrowIfDisposed();
         var outer = DisposeScope.Current;
         using var scope = Torch.NewScope();
+        (tokens, attentionMask) = (OnModelDevice(tokens), attentionMask is null ? null : OnModelDevice(attentionMask));
         var logits = RunModel(tokens, attentionMask);
         var loss = LossOf(logits, tokens, attentionMask, perToken);
         return outer is null ? loss.DetachFromScope() : loss.MoveToOuterScope();
@@ -258,6 +259,12 @@ public abstract class HookedModel : IDisposable
     }
 
     /// <summary>
+    /// Inputs on the model's device: token ids and masks given on another device (the CPU, typically) are copied there, in
+    /// the caller's scope, so every tensor of a pass follows the parameters' device.
+    /// </summary>
+    protected Tensor OnModelDevice(Tensor t) => t.Device == Config.Device ? t : t.To(Config.Device);
+
+    /// <summary>
     /// Next-token cross-entropy of given logits (see <see cref="Loss"/>). A one-token sequence predicts nothing: its mean loss
     /// is NaN (0 / 0, as HuggingFace returns), per token it is [batch, 0], and the loss still has a graph whose backward gives
     /// zero gradients. Logits and tokens must agree on [batch, pos].
@@ -269,6 +276,8 @@ public abstract class HookedModel : IDisposable
         var (batch, pos, vocab) = (logits.Size(0), logits.Size(1), logits.Size(2));
         if (pos == 0) throw new ArgumentException("a next-token loss needs at least one position, got an empty sequence");
         using var scope = Torch.NewScope();
+        if (tokens.Device != logits.Device) tokens = tokens.To(logits.Device);
+        if (attentionMask is not null && attentionMask.Device != logits.Device) attentionMask = attentionMask.To(logits.Device);
         // Half-precision logits are upcast: log-softmax over a large vocabulary in 8 or 11 bits loses the loss,
         // and libtorch 1.13 has no float16 CPU kernel for it anyway. The loss is then float32.
         var wide = logits.DType is ScalarType.Float16 or ScalarType.BFloat16 ? logits.To(ScalarType.Float32) : logits;

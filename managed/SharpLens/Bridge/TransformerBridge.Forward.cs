@@ -53,7 +53,7 @@ public sealed partial class TransformerBridge
         ArgumentNullException.ThrowIfNull(cache);
         var outer = DisposeScope.Current;
         using var scope = Torch.NewScope();
-        var logits = RunModel(tokens, null, cache);
+        var logits = RunModel(OnModelDevice(tokens), null, cache);
         return outer is null ? logits.DetachFromScope() : logits.MoveToOuterScope();
     }
 

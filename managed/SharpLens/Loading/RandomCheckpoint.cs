@@ -43,6 +43,18 @@ public static class RandomCheckpoint
         ["bos_token_id"] = 50256, ["eos_token_id"] = 50256,
     };
 
+    /// <summary>
+    /// A Llama-shaped model for benchmarks: 12 layers, d_model 768, 12 query heads over 4 key/value heads, gated SiLU MLP of
+    /// 2048, vocabulary 32000, untied (125 M parameters).
+    /// </summary>
+    public static JsonObject Llama160m() => new()
+    {
+        ["model_type"] = "llama", ["architectures"] = new JsonArray("LlamaForCausalLM"),
+        ["num_hidden_layers"] = 12, ["num_attention_heads"] = 12, ["num_key_value_heads"] = 4, ["hidden_size"] = 768,
+        ["intermediate_size"] = 2048, ["max_position_embeddings"] = 2048, ["vocab_size"] = 32000, ["rms_norm_eps"] = 1e-5,
+        ["rope_theta"] = 10000.0, ["hidden_act"] = "silu", ["tie_word_embeddings"] = false, ["bos_token_id"] = 1, ["eos_token_id"] = 2,
+    };
+
     /// <summary>Pythia-160m's shape: 12 layers, hidden 768, 12 heads, vocabulary 50304, partial rotary 0.25, parallel residual.</summary>
     public static JsonObject Pythia160m() => new()
     {
