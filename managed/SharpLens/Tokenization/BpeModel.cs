@@ -92,7 +92,7 @@ internal sealed class BpeModel
         }
 
         var prefixLength = options.ContinuingSubwordPrefix?.Length ?? 0;
-        _merges = new Dictionary<long, long>(merges.Count);
+        _merges = new Dictionary<long, long>(merges.Count, PairComparer.Instance);
         for (var rank = 0; rank < merges.Count; rank++)
         {
             var (left, right) = merges[rank];
@@ -153,6 +153,20 @@ internal sealed class BpeModel
     }
 
     private static long Pair(int left, int right) => ((long)left << 32) | (uint)right;
+
+    /// <summary>
+    /// Hashes a pair key by multiplication (Fibonacci hashing). <c>long.GetHashCode</c> is the XOR of the two
+    /// halves, i.e. left ^ right: with ids below 2^18 that folds half a million merges onto a quarter million
+    /// values, with (a, b) and (b, a) always colliding, and lookups degrade into long probe chains.
+    /// </summary>
+    private sealed class PairComparer : IEqualityComparer<long>
+    {
+        public static readonly PairComparer Instance = new();
+
+        public bool Equals(long x, long y) => x == y;
+
+        public int GetHashCode(long pair) => (int)((ulong)(pair * -7046029254386353131L) >> 32);
+    }
 
     /// <summary>Appends the ids of one pre-tokenized word.</summary>
     public void Encode(ReadOnlySpan<char> word, List<int> output)
