@@ -91,6 +91,7 @@ public static class Program
         root.Subcommands.Add(DemoCommand.Build(context));
         root.Subcommands.Add(VerifyCommand.Build(context));
         root.Subcommands.Add(BenchCommand.Build(context));
+        root.Subcommands.Add(TokenizeCommand.Build(context));
         return root;
     }
 }

@@ -13,8 +13,8 @@ namespace SharpLens.TokenizerBench;
 /// </summary>
 internal static class MlTokenizers
 {
-    /// <summary>A contestant: its label and encoder, or why it cannot be built.</summary>
-    public sealed record Candidate(string Label, Func<string, IReadOnlyList<int>>? Encode, string? WhyNot);
+    /// <summary>A contestant: its label and a factory for a fresh encoder (empty caches), or why it cannot be built.</summary>
+    public sealed record Candidate(string Label, Func<Func<string, IReadOnlyList<int>>>? Create, string? WhyNot);
 
     private const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
@@ -38,15 +38,19 @@ internal static class MlTokenizers
         Normalizer? normalizer = nfc ? new NfcNormalizer() : null;
         var regex = new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
 
-        var bpe = BpeTokenizer.Create(new BpeOptions(vocab)
+        Func<string, IReadOnlyList<int>> CreateBpe()
         {
-            Merges = merges,
-            ByteLevel = true,
-            PreTokenizer = new RegexPreTokenizer(regex, specials),
-            Normalizer = normalizer,
-            SpecialTokens = specials,
-        });
-        var candidates = new List<Candidate> { new("ML.Tokenizers BpeTokenizer (ByteLevel)", t => bpe.EncodeToIds(t), null) };
+            var bpe = BpeTokenizer.Create(new BpeOptions(vocab)
+            {
+                Merges = merges,
+                ByteLevel = true,
+                PreTokenizer = new RegexPreTokenizer(regex, specials),
+                Normalizer = normalizer,
+                SpecialTokens = specials,
+            });
+            return t => bpe.EncodeToIds(t);
+        }
+        var candidates = new List<Candidate> { new("ML.Tokenizers BpeTokenizer (ByteLevel)", CreateBpe, null) };
 
         // Tiktoken: byte-level vocabularies are tiktoken ranks spelled in GPT-2's byte alphabet; merges follow the ranks.
         var tiktoken = new StringBuilder();
@@ -60,9 +64,14 @@ internal static class MlTokenizers
                 else ok = false;
             if (ok) tiktoken.Append(Convert.ToBase64String(bytes)).Append(' ').Append(id).Append('\n');
         }
-        using var stream = new MemoryStream(Encoding.UTF8.GetBytes(tiktoken.ToString()));
-        var tik = TiktokenTokenizer.Create(stream, new RegexPreTokenizer(regex, specials), normalizer, specials);
-        candidates.Add(new Candidate("ML.Tokenizers TiktokenTokenizer", t => tik.EncodeToIds(t), null));
+        var tiktokenBytes = Encoding.UTF8.GetBytes(tiktoken.ToString());
+        Func<string, IReadOnlyList<int>> CreateTiktoken()
+        {
+            using var stream = new MemoryStream(tiktokenBytes);
+            var tik = TiktokenTokenizer.Create(stream, new RegexPreTokenizer(regex, specials), normalizer, specials);
+            return t => tik.EncodeToIds(t);
+        }
+        candidates.Add(new Candidate("ML.Tokenizers TiktokenTokenizer", CreateTiktoken, null));
         return candidates;
     }
 

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using SharpLens.Tests;
 using SharpLens.Tokenization;
 
 namespace SharpLens.TokenizerBench;
@@ -9,18 +10,33 @@ namespace SharpLens.TokenizerBench;
 /// <summary>
 /// Tokenizer throughput, single-threaded, against HuggingFace's tokenizers (the npm package, run with
 /// RAYON_NUM_THREADS=1) on the same ~10 MB mixed-language text, for GPT-2, Llama 2, Llama 3, Qwen 3 and Gemma 3;
-/// Microsoft.ML.Tokenizers 3.0.0 too where it can load the tokenizer. Every contestant's ids are compared with
-/// the oracle's, line by line. Writes a markdown table (--out), MB/s as UTF-8 megabytes (10^6 bytes) per second.
+/// Microsoft.ML.Tokenizers 3.0.0 too where it can load the tokenizer. Each repetition loads a fresh tokenizer
+/// (empty word cache), encodes 1 MB of other text of the same kind (so the .NET JIT and both word caches are
+/// warm, as in a running process), then times a first pass over the benchmark text and a repeat pass;
+/// repetitions alternate between the oracle and the contestants, and the median is reported. Every contestant's
+/// ids are compared with the oracle's, line by line, on the benchmark text and on the test corpus
+/// (tests/SharpLens.Tests/TokenizerCorpus.cs). Writes a markdown table (--out).
 ///
-///   dotnet run -c Release --project perf/SharpLens.TokenizerBench -- [--out FILE] [--mb 10] [--runs 3] [--only gpt2,llama3]
+///   dotnet run -c Release --project perf/SharpLens.TokenizerBench -- [--out FILE] [--mb 10] [--reps 3] [--only gpt2,llama3]
 /// </summary>
 public static class Program
 {
+    private sealed record Contestant(string Label, Func<Func<string, IReadOnlyList<int>>>? Create, string? WhyNot);
+
+    private sealed class Measurements
+    {
+        public List<double> Load { get; } = [];
+        public List<double> First { get; } = [];
+        public List<double> Repeat { get; } = [];
+        public int? LinesDiffering { get; set; }
+        public int? CorpusDiffering { get; set; }
+    }
+
     public static int Main(string[] args)
     {
         string? outPath = null;
         double mb = 10;
-        var runs = 3;
+        var reps = 3;
         string[]? only = null;
         for (var i = 0; i < args.Length; i++)
         {
@@ -28,7 +44,7 @@ public static class Program
             {
                 case "--out": outPath = args[++i]; break;
                 case "--mb": mb = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
-                case "--runs": runs = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--reps": reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--only": only = args[++i].Split(','); break;
                 default: Console.Error.WriteLine($"unknown argument {args[i]}"); return 2;
             }
@@ -39,13 +55,29 @@ public static class Program
         Run("bash", [Path.Combine(root, "tests", "SharpLens.Tests", "tokenizer-oracle", "fetch.sh"), npm], null);
 
         var lines = BenchText.Generate(seed: 7, bytes: (long)(mb * 1_000_000));
+        var warmup = BenchText.Generate(seed: 8, bytes: 1_000_000);
+        var corpus = TokenizerCorpus.Generate(20240613, 2400);
         var bytes = lines.Sum(l => (long)Encoding.UTF8.GetByteCount(l));
         var work = Path.Combine(Path.GetTempPath(), "sharplens-tokenizer-bench-" + Environment.ProcessId);
         Directory.CreateDirectory(work);
         var linesPath = Path.Combine(work, "lines.json");
+        var warmupPath = Path.Combine(work, "warmup.json");
+        var corpusPath = Path.Combine(work, "corpus.json");
+        var emptyPath = Path.Combine(work, "empty.json");
         File.WriteAllText(linesPath, JsonSerializer.Serialize(lines));
-        Console.WriteLine($"{lines.Count} lines, {bytes / 1e6:F2} MB of UTF-8; {runs} timed runs each, the first (cold cache) reported apart");
+        File.WriteAllText(warmupPath, JsonSerializer.Serialize(warmup));
+        File.WriteAllText(emptyPath, "[]");
+        var corpusJson = new StringBuilder("[");
+        for (var i = 0; i < corpus.Count; i++)
+        {
+            if (i > 0) corpusJson.Append(',');
+            TokenizerCorpus.WriteJsonString(corpusJson, corpus[i]);
+        }
+        File.WriteAllText(corpusPath, corpusJson.Append(']').ToString());
+        Console.WriteLine($"{lines.Count} lines, {bytes / 1e6:F2} MB of UTF-8; {reps} repetitions; corpus {corpus.Count} texts");
 
+        var script = Path.Combine(AppContext.BaseDirectory, "oracle-bench.js");
+        var modules = Path.Combine(npm, "node_modules");
         var rows = new List<string>();
         var failed = false;
         foreach (var name in new[] { "gpt2", "llama2", "llama3", "qwen3", "gemma3" })
@@ -54,48 +86,78 @@ public static class Program
             var dir = Path.Combine(npm, "models", name);
             var tokenizerJson = Path.Combine(dir, "tokenizer.json");
 
-            var idsPath = Path.Combine(work, name + ".ids");
-            var script = Path.Combine(AppContext.BaseDirectory, "oracle-bench.js");
-            var json = Run("node", [script, Path.Combine(npm, "node_modules"), tokenizerJson, linesPath, runs.ToString(CultureInfo.InvariantCulture), idsPath],
-                new() { ["RAYON_NUM_THREADS"] = "1" });
-            using var oracleDoc = JsonDocument.Parse(json.Trim().Split('\n')[^1]);
-            var oracleRuns = oracleDoc.RootElement.GetProperty("runs").EnumerateArray().Select(e => e.GetDouble()).ToArray();
-            var oracleIds = ReadIds(idsPath, lines.Count);
-            rows.Add(Row(name, "HuggingFace tokenizers 0.23.2 (Rust, RAYON_NUM_THREADS=1)", oracleDoc.RootElement.GetProperty("load").GetDouble(), oracleRuns, bytes, null, null));
-
-            var sw = Stopwatch.StartNew();
-            var ours = BpeTokenizer.FromDirectory(dir);
-            var load = sw.Elapsed.TotalSeconds;
-            var (ourRuns, ourDiff) = Time(lines, runs, oracleIds, t => ours.Encode(t));
-            failed |= ourDiff != 0;
-            rows.Add(Row(name, "SharpLens BpeTokenizer", load, ourRuns, bytes, oracleRuns, ourDiff));
-
-            foreach (var c in MlTokenizers.For(tokenizerJson))
+            var contestants = new List<Contestant>
             {
-                if (c.Encode is null)
+                new("SharpLens BpeTokenizer", () => { var t = BpeTokenizer.FromDirectory(dir); return s => t.Encode(s); }, null),
+            };
+            contestants.AddRange(MlTokenizers.For(tokenizerJson).Select(c => new Contestant(c.Label, c.Create, c.WhyNot)));
+
+            // Exactness on the test corpus.
+            var corpusIdsPath = Path.Combine(work, name + ".corpus.ids");
+            Run("node", [script, modules, tokenizerJson, emptyPath, corpusPath, "1", corpusIdsPath], new() { ["RAYON_NUM_THREADS"] = "1" });
+            var corpusIds = ReadIds(corpusIdsPath, corpus.Count);
+
+            var oracle = new Measurements();
+            var results = contestants.Select(_ => new Measurements()).ToList();
+            var idsPath = Path.Combine(work, name + ".ids");
+            for (var rep = 0; rep < reps; rep++)
+            {
+                var json = Run("node", [script, modules, tokenizerJson, warmupPath, linesPath, "2", idsPath], new() { ["RAYON_NUM_THREADS"] = "1" });
+                using (var doc = JsonDocument.Parse(json.Trim().Split('\n')[^1]))
                 {
-                    rows.Add($"| {name} | {c.Label} | | | | | {c.WhyNot} |");
-                    continue;
+                    oracle.Load.Add(doc.RootElement.GetProperty("load").GetDouble());
+                    var passes = doc.RootElement.GetProperty("passes").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+                    oracle.First.Add(passes[0]);
+                    oracle.Repeat.Add(passes[1]);
                 }
-                var (mlRuns, mlDiff) = Time(lines, runs, oracleIds, c.Encode);
-                rows.Add(Row(name, c.Label, null, mlRuns, bytes, oracleRuns, mlDiff));
+                for (var c = 0; c < contestants.Count; c++)
+                {
+                    if (contestants[c].Create is not { } create) continue;
+                    var sw = Stopwatch.StartNew();
+                    var encode = create();
+                    results[c].Load.Add(sw.Elapsed.TotalSeconds);
+                    foreach (var w in warmup) encode(w);
+                    results[c].First.Add(Pass(lines, encode));
+                    results[c].Repeat.Add(Pass(lines, encode));
+                    if (rep == reps - 1)
+                    {
+                        var oracleIds = ReadIds(idsPath, lines.Count);
+                        results[c].LinesDiffering = Enumerable.Range(0, lines.Count).Count(i => !encode(lines[i]).SequenceEqual(oracleIds[i]));
+                        results[c].CorpusDiffering = Enumerable.Range(0, corpus.Count).Count(i => !SafeEncode(encode, corpus[i]).SequenceEqual(corpusIds[i]));
+                    }
+                }
             }
-            Console.WriteLine(string.Join("\n", rows.TakeLast(4)));
+
+            rows.Add(Row(name, "HuggingFace tokenizers 0.23.2 (Rust via node, RAYON_NUM_THREADS=1)", oracle, bytes, null, corpus.Count));
+            for (var c = 0; c < contestants.Count; c++)
+            {
+                if (contestants[c].Create is null) rows.Add($"| {name} | {contestants[c].Label} | | | | | {contestants[c].WhyNot} | |");
+                else
+                {
+                    rows.Add(Row(name, contestants[c].Label, results[c], bytes, oracle, corpus.Count));
+                    if (c == 0) failed |= results[c].LinesDiffering != 0 || results[c].CorpusDiffering != 0;
+                }
+            }
+            foreach (var r in rows.TakeLast(1 + contestants.Count)) Console.WriteLine(r);
         }
         Directory.Delete(work, recursive: true);
 
         var md = new StringBuilder();
         md.AppendLine("# Tokenizer throughput");
         md.AppendLine();
-        md.AppendLine($"Run {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores, .NET {Environment.Version}, node {Run("node", ["--version"], null).Trim()}. " +
-                      $"Text: {lines.Count} generated mixed-language lines, {bytes / 1e6:F2} MB of UTF-8 (perf/SharpLens.TokenizerBench/BenchText.cs, seed 7), " +
-                      "each line encoded without special tokens, one thread. MB/s = 10^6 UTF-8 bytes per second. " +
-                      $"Cold: the first of {runs} runs (word caches empty); warm: the median of the others. " +
-                      "The oracle runs in node (`encodeBatch` of all lines, RAYON_NUM_THREADS=1), so its times include building the JavaScript encoding objects. " +
-                      "Lines differing: lines whose ids are not exactly the oracle's.");
+        md.AppendLine($"Run {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores (shared), .NET {Environment.Version}, node {Run("node", ["--version"], null).Trim()}, " +
+                      "by `dotnet run -c Release --project perf/SharpLens.TokenizerBench -- --out perf/results/tokenizers.md`. " +
+                      $"Benchmark text: {lines.Count} generated mixed-language lines, {bytes / 1e6:F2} MB of UTF-8 (BenchText.cs, seed 7: English-like prose, " +
+                      "German, Russian, Greek, Chinese, Japanese, Korean, Arabic, Hindi, code, numbers, emoji; Zipf-distributed words), each line encoded " +
+                      "without special tokens on one thread. MB/s = 10^6 UTF-8 bytes per second, median of " +
+                      $"{reps} repetitions, oracle and contestants alternating; each repetition loads a fresh tokenizer and first encodes 1 MB of other " +
+                      "text (seed 8), so JIT and word caches are warm. *First pass*: the first time the benchmark text is encoded; *repeat*: the second. " +
+                      "The oracle runs in node (one `encodeBatch` call per pass), so its times include building the JavaScript encoding objects. " +
+                      $"The last two columns count lines of the benchmark text, and texts of the test corpus ({corpus.Count} texts: lone surrogates, " +
+                      "astral letters and digits, special tokens, ...), whose ids differ from the oracle's.");
         md.AppendLine();
-        md.AppendLine("| tokenizer | implementation | load s | cold MB/s | warm MB/s | warm vs oracle | lines differing from the oracle |");
-        md.AppendLine("|---|---|---|---|---|---|---|");
+        md.AppendLine("| tokenizer | implementation | load s | first pass MB/s | repeat MB/s | first pass vs oracle | benchmark lines differing | corpus texts differing |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|");
         foreach (var r in rows) md.AppendLine(r);
         Console.WriteLine(md);
         if (outPath is not null)
@@ -107,28 +169,36 @@ public static class Program
         return failed ? 1 : 0;
     }
 
-    private static (double[] Runs, int Differing) Time(List<string> lines, int runs, int[][] oracle, Func<string, IReadOnlyList<int>> encode)
+    private static IReadOnlyList<int> SafeEncode(Func<string, IReadOnlyList<int>> encode, string text)
     {
-        var times = new double[runs];
-        var differing = 0;
-        for (var r = 0; r < runs; r++)
+        try
         {
-            var sw = Stopwatch.StartNew();
-            foreach (var line in lines) encode(line);
-            times[r] = sw.Elapsed.TotalSeconds;
+            return encode(text);
         }
-        for (var i = 0; i < lines.Count; i++)
-            if (!encode(lines[i]).SequenceEqual(oracle[i])) differing++;
-        return (times, differing);
+        catch (Exception)
+        {
+            return [-1];   // a contestant that throws on a text differs from the oracle on it
+        }
     }
 
-    private static string Row(string name, string label, double? load, double[] runs, long bytes, double[]? baseline, int? differing)
+    private static double Pass(List<string> lines, Func<string, IReadOnlyList<int>> encode)
     {
-        static double Warm(double[] r) => r.Length == 1 ? r[0] : r.Skip(1).Order().ElementAt((r.Length - 1) / 2);
-        var cold = bytes / 1e6 / runs[0];
-        var warm = bytes / 1e6 / Warm(runs);
-        var ratio = baseline is null ? "1.00" : (Warm(baseline) / Warm(runs)).ToString("F2", CultureInfo.InvariantCulture) + "×";
-        return $"| {name} | {label} | {(load is { } l ? l.ToString("F2", CultureInfo.InvariantCulture) : "")} | {cold:F2} | {warm:F2} | {ratio} | {(differing is { } d ? $"{d}" : "(oracle)")} |";
+        var sw = Stopwatch.StartNew();
+        foreach (var line in lines) encode(line);
+        return sw.Elapsed.TotalSeconds;
+    }
+
+    private static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
+
+    private static string Row(string name, string label, Measurements m, long bytes, Measurements? oracle, int corpusSize)
+    {
+        string F(double v) => v.ToString("F2", CultureInfo.InvariantCulture);
+        var first = bytes / 1e6 / Median(m.First);
+        var repeat = bytes / 1e6 / Median(m.Repeat);
+        var ratio = oracle is null ? "1.00×" : F(Median(oracle.First) / Median(m.First)) + "×";
+        var lines = m.LinesDiffering is { } l ? l.ToString(CultureInfo.InvariantCulture) : "(oracle)";
+        var corpus = m.CorpusDiffering is { } c ? $"{c} of {corpusSize}" : "(oracle)";
+        return $"| {name} | {label} | {F(Median(m.Load))} | {F(first)} | {F(repeat)} | {ratio} | {lines} | {corpus} |";
     }
 
     private static int[][] ReadIds(string path, int lineCount)

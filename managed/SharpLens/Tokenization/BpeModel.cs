@@ -34,7 +34,7 @@ internal sealed class BpeModel
     /// <summary>Up to this many symbols a word is merged by scanning an array of pair ranks; longer words use a heap.</summary>
     private const int MaxScanMergeSymbols = 48;
 
-    private readonly Dictionary<long, long> _merges;
+    private readonly PairTable _merges;
     private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _vocabLookup;
     private readonly int[] _bmpCharIds;
     private readonly int[] _byteSymbolIds;
@@ -92,7 +92,7 @@ internal sealed class BpeModel
         }
 
         var prefixLength = options.ContinuingSubwordPrefix?.Length ?? 0;
-        _merges = new Dictionary<long, long>(merges.Count, PairComparer.Instance);
+        _merges = new PairTable(merges.Count);
         for (var rank = 0; rank < merges.Count; rank++)
         {
             var (left, right) = merges[rank];
@@ -102,7 +102,7 @@ internal sealed class BpeModel
             if (!vocab.TryGetValue(left, out var l)) throw MergeError(left);
             if (!vocab.TryGetValue(right, out var r)) throw MergeError(right);
             if (!vocab.TryGetValue(merged, out var m)) throw MergeError(merged);
-            _merges[Pair(l, r)] = ((long)rank << 32) | (uint)m;
+            _merges.Set(Pair(l, r), ((long)rank << 32) | (uint)m);
 
             Exception MergeError(string token) => new TokenizerFormatException(source,
                 $"merge \"{left} {right}\" ({describeMerge(rank)}) needs token '{token}', which is not in the vocabulary");
@@ -153,20 +153,6 @@ internal sealed class BpeModel
     }
 
     private static long Pair(int left, int right) => ((long)left << 32) | (uint)right;
-
-    /// <summary>
-    /// Hashes a pair key by multiplication (Fibonacci hashing). <c>long.GetHashCode</c> is the XOR of the two
-    /// halves, i.e. left ^ right: with ids below 2^18 that folds half a million merges onto a quarter million
-    /// values, with (a, b) and (b, a) always colliding, and lookups degrade into long probe chains.
-    /// </summary>
-    private sealed class PairComparer : IEqualityComparer<long>
-    {
-        public static readonly PairComparer Instance = new();
-
-        public bool Equals(long x, long y) => x == y;
-
-        public int GetHashCode(long pair) => (int)((ulong)(pair * -7046029254386353131L) >> 32);
-    }
 
     /// <summary>Appends the ids of one pre-tokenized word.</summary>
     public void Encode(ReadOnlySpan<char> word, List<int> output)
@@ -343,6 +329,65 @@ internal sealed class BpeModel
         {
             if (_merges.TryGetValue(Pair(left, rightSymbol), out var merge))
                 queue.Enqueue(((long)position << 32) | (uint)merge, (merge & ~0xFFFFFFFFL) | (uint)position);
+        }
+    }
+}
+
+/// <summary>
+/// The merge table: pair key (left id &lt;&lt; 32 | right id) to (rank &lt;&lt; 32 | merged id), open addressing with
+/// linear probing in one array of interleaved keys and values, at most half full. Merging is dominated by these
+/// lookups; a Dictionary with a custom comparer pays an interface call per lookup, and with the default one
+/// <c>long.GetHashCode</c> (left ^ right) folds half a million of Gemma's merges onto a quarter million values.
+/// </summary>
+internal sealed class PairTable
+{
+    private const long Empty = -1;   // no pair key is negative: ids are non-negative
+    private readonly long[] _slots;  // key at 2i, value at 2i + 1
+    private readonly int _mask;
+
+    public PairTable(int count)
+    {
+        var capacity = 16;
+        while (capacity < 2 * count) capacity <<= 1;
+        _mask = capacity - 1;
+        _slots = new long[2 * capacity];
+        for (var i = 0; i < _slots.Length; i += 2) _slots[i] = Empty;
+    }
+
+    /// <summary>Fibonacci hashing: the top bits of key × 2^64/φ spread structured keys evenly.</summary>
+    private int Home(long key) => (int)((ulong)(key * -7046029254386353131L) >> 32) & _mask;
+
+    /// <summary>Adds or replaces (a repeated merge takes its last rank, as in tokenizers).</summary>
+    public void Set(long key, long value)
+    {
+        for (var i = Home(key); ; i = (i + 1) & _mask)
+        {
+            var k = _slots[2 * i];
+            if (k == Empty || k == key)
+            {
+                _slots[2 * i] = key;
+                _slots[2 * i + 1] = value;
+                return;
+            }
+        }
+    }
+
+    public bool TryGetValue(long key, out long value)
+    {
+        var slots = _slots;
+        for (var i = Home(key); ; i = (i + 1) & _mask)
+        {
+            var k = slots[2 * i];
+            if (k == key)
+            {
+                value = slots[2 * i + 1];
+                return true;
+            }
+            if (k == Empty)
+            {
+                value = 0;
+                return false;
+            }
         }
     }
 }
