@@ -98,11 +98,24 @@ internal static class MlTokenizers
         return map;
     }
 
-    /// <summary>Qwen's NFC normalizer, which the package does not ship.</summary>
+    /// <summary>
+    /// Qwen's NFC normalizer, which the package does not ship. string.Normalize refuses text with lone
+    /// surrogates; such text is passed on unchanged, so the comparison measures the package, not this adapter.
+    /// </summary>
     private sealed class NfcNormalizer : Normalizer
     {
-        public override string Normalize(string original) => original.Normalize(NormalizationForm.FormC);
+        public override string Normalize(string original)
+        {
+            try
+            {
+                return original.Normalize(NormalizationForm.FormC);
+            }
+            catch (ArgumentException)
+            {
+                return original;
+            }
+        }
 
-        public override string Normalize(ReadOnlySpan<char> original) => original.ToString().Normalize(NormalizationForm.FormC);
+        public override string Normalize(ReadOnlySpan<char> original) => Normalize(original.ToString());
     }
 }

@@ -76,6 +76,36 @@ public class TokenizerOracleTests
         Assert.That(failures, Is.Empty, $"{failures.Count} differences from the oracle; the first ones:\n" + string.Join("\n", failures.Take(8)));
     }
 
+    /// <summary>
+    /// <c>Encode(text, prependBos)</c> follows TransformerLens's <c>to_tokens</c>: where the post-processor puts BOS
+    /// first (Llama 2, Gemma) the text is encoded with special tokens, and without BOS that first token is dropped;
+    /// elsewhere TransformerLens writes the BOS text (EOS where there is no BOS: Qwen) before the text and encodes
+    /// that, which, the BOS text being an added token matched first, is the BOS id followed by the text's own ids.
+    /// Expected values are assembled from the oracle's ids by those rules.
+    /// </summary>
+    [TestCase("gpt2", "<|endoftext|>")]
+    [TestCase("llama2", "<s>")]
+    [TestCase("llama3", "<|begin_of_text|>")]
+    [TestCase("qwen3", "<|im_end|>")]
+    [TestCase("gemma3", "<bos>")]
+    public void PrependBosFollowsTransformerLens(string name, string prepended)
+    {
+        var c = TokenizerOracle.GetCase(name);
+        var results = TokenizerOracle.GetResults(name);
+        var tok = BpeTokenizer.FromDirectory(c.Dir);
+        var bos = tok.TokenToId(prepended)!.Value;
+        var templateHasBos = name is "llama2" or "gemma3";
+        Assert.That(tok.PrependsBos, Is.EqualTo(templateHasBos), "TransformerLens's tokenizer_prepends_bos: encode(\"\") is not empty");
+        for (var i = 0; i < 400; i++)
+        {
+            var r = results[i];
+            int[] with = templateHasBos ? r.IdsSpecial! : [bos, .. r.IdsSpecial!];
+            int[] without = templateHasBos ? r.IdsSpecial![1..] : r.IdsSpecial!;
+            Assert.That(tok.Encode(c.Texts[i], prependBos: true), Is.EqualTo(with), $"{name} text {i} with BOS");
+            Assert.That(tok.Encode(c.Texts[i], prependBos: false), Is.EqualTo(without), $"{name} text {i} without BOS");
+        }
+    }
+
     [Test]
     public void CorpusCoversWhatTheComparisonNeeds()
     {
