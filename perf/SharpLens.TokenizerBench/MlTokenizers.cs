@@ -54,15 +54,10 @@ internal static class MlTokenizers
 
         // Tiktoken: byte-level vocabularies are tiktoken ranks spelled in GPT-2's byte alphabet; merges follow the ranks.
         var tiktoken = new StringBuilder();
-        var alphabet = ByteAlphabet();
         foreach (var (token, id) in vocab.OrderBy(kv => kv.Value))
         {
-            var bytes = new byte[token.Length];
-            var ok = true;
-            for (var i = 0; i < token.Length && ok; i++)
-                if (alphabet.TryGetValue(token[i], out var b)) bytes[i] = b;
-                else ok = false;
-            if (ok) tiktoken.Append(Convert.ToBase64String(bytes)).Append(' ').Append(id).Append('\n');
+            var bytes = token.Select(c => SharpLens.Tokenization.ByteLevelAlphabet.CharToByte(c)).ToArray();
+            if (bytes.All(b => b >= 0)) tiktoken.Append(Convert.ToBase64String(bytes.Select(b => (byte)b).ToArray())).Append(' ').Append(id).Append('\n');
         }
         var tiktokenBytes = Encoding.UTF8.GetBytes(tiktoken.ToString());
         Func<string, IReadOnlyList<int>> CreateTiktoken()
@@ -84,18 +79,6 @@ internal static class MlTokenizers
             foreach (var p in pre.GetProperty("pretokenizers").EnumerateArray())
                 if (FindSplitRegex(p) is { } found) return found;
         return null;
-    }
-
-    private static Dictionary<char, byte> ByteAlphabet()
-    {
-        var map = new Dictionary<char, byte>();
-        var n = 0;
-        for (var b = 0; b < 256; b++)
-        {
-            var printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-            map[printable ? (char)b : (char)(256 + n++)] = (byte)b;
-        }
-        return map;
     }
 
     /// <summary>

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 
 namespace SharpLens.Tokenization;
 
@@ -68,6 +69,7 @@ internal sealed class AddedTokenMatcher
     /// Appends the stretches of <paramref name="text"/> in order: added tokens and the ordinary text between them
     /// (never empty). As in tokenizers, matching resumes after a match's own end even when rstrip widened it.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Split(ReadOnlySpan<char> text, List<AddedSplit> output)
     {
         var startOffset = 0;
@@ -117,6 +119,7 @@ internal sealed class AddedTokenMatcher
         if (startOffset < text.Length) output.Add(new AddedSplit(startOffset, text.Length - startOffset, null));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private (int Token, int Length) LongestAt(ReadOnlySpan<char> text, int start)
     {
         int node = 0, best = -1, bestLength = 0;

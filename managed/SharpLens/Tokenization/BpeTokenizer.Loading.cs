@@ -315,7 +315,6 @@ public sealed partial class BpeTokenizer
                 Template = Template,
                 Decoder = Decoder,
                 AddPrefixSpace = byteLevels.Any(b => b.AddPrefixSpace),
-                Source = Source,
             };
             return new BpeTokenizer(pipeline, Bos, Eos, Pad);
         }

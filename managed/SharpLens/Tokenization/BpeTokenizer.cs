@@ -1,5 +1,6 @@
-using System.Text;
 using SharpLens.Tensors;
+using System.Runtime.CompilerServices;
+using System.Text;
 
 namespace SharpLens.Tokenization;
 
@@ -35,7 +36,6 @@ public sealed partial class BpeTokenizer
         public required SpecialTokenTemplate Template { get; init; }
         public required Decoder? Decoder { get; init; }
         public required bool AddPrefixSpace { get; init; }
-        public required string Source { get; init; }
     }
 
     private readonly Pipeline _p;
@@ -169,6 +169,7 @@ public sealed partial class BpeTokenizer
         return PrependsBos && ids.Length > 0 ? ids[1..] : ids;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void EncodeInto(string text, List<int> ids, List<string>? tokens)
     {
         text = UnicodeText.ReplaceLoneSurrogates(text);
@@ -193,6 +194,7 @@ public sealed partial class BpeTokenizer
     }
 
     /// <summary>Text between raw added tokens: normalize, find normalized added tokens, pre-tokenize, BPE each piece.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void EncodeStretch(string text, int start, int length, List<int> ids, List<string>? tokens)
     {
         var piece = _p.Normalizer is null
@@ -223,6 +225,7 @@ public sealed partial class BpeTokenizer
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void PreTokenizeAndEncode(in Piece piece, List<int> ids, List<string>? tokens)
     {
         if (_p.PreTokenizer is null)

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using System.Text.RegularExpressions;
 
 namespace SharpLens.Tokenization;
@@ -33,6 +34,7 @@ internal sealed class CodePointRegex
     /// order. Like Oniguruma's iterator (and unlike .NET's), an empty match right where the previous match
     /// ended is not reported.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Matches(ReadOnlySpan<char> text, List<(int Start, int Length)> matches)
     {
         if (!_compactAstral || !UnicodeText.HasSurrogates(text))

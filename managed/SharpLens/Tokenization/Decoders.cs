@@ -163,8 +163,6 @@ internal sealed record SpecialTokenTemplate(int[] PrefixIds, string[] PrefixToke
 {
     public static readonly SpecialTokenTemplate None = new([], [], [], []);
 
-    public bool IsEmpty => PrefixIds.Length == 0 && SuffixIds.Length == 0;
-
     /// <summary>This template applied inside <paramref name="outer"/> (a Sequence of processors: the later one wraps the earlier).</summary>
     public SpecialTokenTemplate WrappedBy(SpecialTokenTemplate outer) => new(
         [.. outer.PrefixIds, .. PrefixIds], [.. outer.PrefixTokens, .. PrefixTokens],

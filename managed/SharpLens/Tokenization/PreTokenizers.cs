@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Text.RegularExpressions;
 
 namespace SharpLens.Tokenization;
@@ -47,6 +48,7 @@ internal abstract class PreTokenizer
     /// (<paramref name="invert"/> swaps which is which), <paramref name="behavior"/> decides what becomes of the
     /// matches, and empty pieces are dropped.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     protected static void SplitByMatches(Piece piece, List<(int Start, int Length)> matches, SplitBehavior behavior, bool invert, List<Piece> output)
     {
         var prev = 0;
@@ -151,6 +153,7 @@ internal sealed partial class ByteLevelPreTokenizer(bool addPrefixSpace, bool us
     /// <summary>Spell the pieces in the byte alphabet here (another pre-tokenizer follows) instead of in the model.</summary>
     public bool MapToAlphabet { get; set; }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Split(in Piece piece, List<Piece> output)
     {
         var p = piece;
@@ -184,6 +187,7 @@ internal sealed partial class ByteLevelPreTokenizer(bool addPrefixSpace, bool us
 /// <summary>Split: splits on a literal or regex pattern with a behaviour, optionally inverted (Llama 3's and Qwen's regexes).</summary>
 internal sealed class SplitPreTokenizer(TextPattern pattern, SplitBehavior behavior, bool invert) : PreTokenizer
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Split(in Piece piece, List<Piece> output)
     {
         var matches = RentMatches();
@@ -199,6 +203,7 @@ internal sealed class SplitPreTokenizer(TextPattern pattern, SplitBehavior behav
 /// </summary>
 internal sealed class MetaspacePreTokenizer(string replacement, MetaspacePrepend prepend, bool split) : PreTokenizer
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Split(in Piece piece, List<Piece> output)
     {
         var text = piece.Span.Contains(' ') ? piece.Span.ToString().Replace(" ", replacement, StringComparison.Ordinal) : null;
@@ -238,6 +243,7 @@ internal enum MetaspacePrepend
 /// </summary>
 internal sealed class CharClassPreTokenizer(Func<int, bool> predicate, SplitBehavior behavior) : PreTokenizer
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Split(in Piece piece, List<Piece> output)
     {
         var matches = RentMatches();
@@ -250,6 +256,7 @@ internal sealed class CharClassPreTokenizer(Func<int, bool> predicate, SplitBeha
 /// <summary>Whitespace: the regex <c>\w+|[^\w\s]+</c> (Rust's Unicode \w), keeping the matches and dropping the rest.</summary>
 internal sealed class WhitespacePreTokenizer : PreTokenizer
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Split(in Piece piece, List<Piece> output)
     {
         // Maximal runs of word characters and of "other" characters (neither word nor White_Space).
@@ -282,6 +289,7 @@ internal sealed class SequencePreTokenizer(PreTokenizer[] steps) : PreTokenizer
 {
     public IReadOnlyList<PreTokenizer> Steps => steps;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Split(in Piece piece, List<Piece> output) => Apply(0, piece, output);
 
     private void Apply(int step, in Piece piece, List<Piece> output)

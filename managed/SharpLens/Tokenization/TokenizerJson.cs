@@ -1,6 +1,6 @@
-using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using System.Text;
 
 namespace SharpLens.Tokenization;
 
@@ -172,11 +172,7 @@ internal sealed class TokenizerJson(string path)
                 throw Unsupported($"{where}: normalizer type 'Precompiled' with a SentencePiece charsmap");
             case "Sequence":
             {
-                var list = RequiredArray(element, "normalizers", where);
-                var items = new List<Normalizer>();
-                var i = 0;
-                foreach (var n in list.EnumerateArray())
-                    if (ReadNormalizer(n, $"{where}.normalizers[{i++}]") is { } normalizer) items.Add(normalizer);
+                var items = ReadSequence(element, "normalizers", where, ReadNormalizer);
                 return items.Count == 0 ? null : items.Count == 1 ? items[0] : new SequenceNormalizer([.. items]);
             }
             default:
@@ -208,9 +204,7 @@ internal sealed class TokenizerJson(string path)
             case "Punctuation": return new CharClassPreTokenizer(UnicodeText.IsPunctuation, ReadBehavior(element, where, SplitBehavior.Isolated));
             case "CharDelimiterSplit":
             {
-                var delimiter = RequiredString(element, "delimiter", where);
-                if (delimiter.EnumerateRunes().Count() != 1) throw Invalid($"{where}.delimiter is not one character: \"{delimiter}\"");
-                var d = char.ConvertToUtf32(delimiter, 0);
+                var d = char.ConvertToUtf32(OneCharacter(element, "delimiter", where, null), 0);
                 return new CharClassPreTokenizer(c => c == d, SplitBehavior.Removed);
             }
             case "BertPreTokenizer":
@@ -219,11 +213,7 @@ internal sealed class TokenizerJson(string path)
                     new CharClassPreTokenizer(UnicodeText.IsPunctuation, SplitBehavior.Isolated)]);
             case "Sequence":
             {
-                var list = RequiredArray(element, "pretokenizers", where);
-                var items = new List<PreTokenizer>();
-                var i = 0;
-                foreach (var p in list.EnumerateArray())
-                    if (ReadPreTokenizer(p, $"{where}.pretokenizers[{i++}]") is { } pre) items.Add(pre);
+                var items = ReadSequence(element, "pretokenizers", where, ReadPreTokenizer);
                 return items.Count == 0 ? null : items.Count == 1 ? items[0] : new SequencePreTokenizer([.. items]);
             }
             default:
@@ -248,11 +238,24 @@ internal sealed class TokenizerJson(string path)
         };
     }
 
-    private string ReadReplacement(JsonElement element, string where)
+    private string ReadReplacement(JsonElement element, string where) => OneCharacter(element, "replacement", where, "\u2581");
+
+    /// <summary>A string field that must hold exactly one character (one code point), or <paramref name="defaultValue"/> when absent.</summary>
+    private string OneCharacter(JsonElement element, string name, string where, string? defaultValue)
     {
-        var replacement = OptionalString(element, "replacement", where) ?? "\u2581";
-        if (replacement.EnumerateRunes().Count() != 1) throw Invalid($"{where}.replacement is not one character: \"{replacement}\"");
-        return replacement;
+        var value = (defaultValue is null ? RequiredString(element, name, where) : OptionalString(element, name, where)) ?? defaultValue!;
+        if (value.EnumerateRunes().Count() != 1) throw Invalid($"{where}.{name} is not one character: \"{value}\"");
+        return value;
+    }
+
+    /// <summary>The items of a Sequence's list (normalizers, pretokenizers, decoders), dropping those that do nothing.</summary>
+    private List<T> ReadSequence<T>(JsonElement element, string name, string where, Func<JsonElement, string, T?> read) where T : class
+    {
+        var items = new List<T>();
+        var i = 0;
+        foreach (var e in RequiredArray(element, name, where).EnumerateArray())
+            if (read(e, $"{where}.{name}[{i++}]") is { } item) items.Add(item);
+        return items;
     }
 
     /// <summary>
@@ -285,23 +288,12 @@ internal sealed class TokenizerJson(string path)
             case "ByteFallback": return new ByteFallbackDecoder();
             case "Fuse": return new FuseDecoder();
             case "Strip":
-            {
-                var content = RequiredString(element, "content", where);
-                if (content.EnumerateRunes().Count() != 1) throw Invalid($"{where}.content is not one character: \"{content}\"");
-                return new StripDecoder(char.ConvertToUtf32(content, 0), OptionalInt(element, "start", where, 0), OptionalInt(element, "stop", where, 0));
-            }
+                return new StripDecoder(char.ConvertToUtf32(OneCharacter(element, "content", where, null), 0),
+                    OptionalInt(element, "start", where, 0), OptionalInt(element, "stop", where, 0));
             case "Replace": return new ReplaceDecoder(ReadPattern(element, where), RequiredString(element, "content", where));
             case "Metaspace": return new MetaspaceDecoder(ReadReplacement(element, where), ReadPrependScheme(element, where));
             case "BPEDecoder": return new SuffixDecoder(OptionalString(element, "suffix", where) ?? "</w>");
-            case "Sequence":
-            {
-                var list = RequiredArray(element, "decoders", where);
-                var items = new List<Decoder>();
-                var i = 0;
-                foreach (var d in list.EnumerateArray())
-                    if (ReadDecoder(d, $"{where}.decoders[{i++}]") is { } decoder) items.Add(decoder);
-                return new SequenceDecoder([.. items]);
-            }
+            case "Sequence": return new SequenceDecoder([.. ReadSequence(element, "decoders", where, ReadDecoder)]);
             default:
                 throw Unsupported($"{where}: decoder type '{type}' (implemented: ByteLevel, ByteFallback, Fuse, Strip, Replace, Metaspace, BPEDecoder, Sequence)");
         }
