@@ -125,7 +125,7 @@ internal static class GenerateCommand
         {
             return BpeTokenizer.FromDirectory(modelDir);
         }
-        catch (Exception e) when (e is FormatException or IOException or InvalidOperationException or System.Text.Json.JsonException or ArgumentException)
+        catch (Exception e) when (e is FormatException or IOException or InvalidOperationException or System.Text.Json.JsonException or ArgumentException or NotSupportedException)
         {
             throw new CliException($"cannot load the tokenizer of '{modelDir}': {e.Message}", e);
         }

@@ -108,6 +108,7 @@ public static class Program
         root.Subcommands.Add(DemoCommand.Build(context));
         root.Subcommands.Add(VerifyCommand.Build(context));
         root.Subcommands.Add(BenchCommand.Build(context));
+        root.Subcommands.Add(TokenizeCommand.Build(context));
         root.Options.Add(DeviceOption);
         return root;
     }

@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.Json;
 
 namespace SharpLens.Tokenization;
@@ -9,15 +8,14 @@ public sealed partial class BpeTokenizer
     private const string EndOfText = "<|endoftext|>";
 
     /// <summary>
-    /// Loads a HuggingFace <c>tokenizer.json</c> whose model is BPE with a ByteLevel pre-tokenizer (GPT-2,
-    /// GPT-NeoX/Pythia, ...). Added tokens are honoured; a NFC/NFD/NFKC/NFKD normalizer is applied; the
-    /// post-processor is ignored because BOS is added explicitly (<see cref="Encode(string, bool)"/>).
-    /// When <c>&lt;|endoftext|&gt;</c> is an added token it becomes BOS and EOS, the GPT-2/NeoX convention,
-    /// since tokenizer.json itself does not say which tokens play those roles
-    /// (<see cref="FromDirectory"/> reads them from tokenizer_config.json).
+    /// Loads a HuggingFace <c>tokenizer.json</c> with a BPE model (see the class summary for the parts it may
+    /// use). Special tokens written in the text and the post-processor behave as in tokenizers. As the file does not
+    /// say which tokens are BOS and EOS, <c>&lt;|endoftext|&gt;</c> is taken as both when it is an added token
+    /// (the GPT-2/NeoX convention); <see cref="FromDirectory"/> reads them from tokenizer_config.json instead.
     /// </summary>
-    /// <exception cref="InvalidDataException">The file is not valid JSON or not a well-formed tokenizer; the message names the file.</exception>
-    /// <exception cref="NotSupportedException">The tokenizer uses a model, normalizer, pre-tokenizer or decoder this class does not implement.</exception>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="TokenizerFormatException">The file is not valid JSON (truncated, say) or not a well-formed tokenizer; the message names the file and the place.</exception>
+    /// <exception cref="UnsupportedTokenizerException">The tokenizer uses a model or component this class does not implement.</exception>
     public static BpeTokenizer FromTokenizerJson(string path)
     {
         var def = LoadTokenizerJson(path);
@@ -28,12 +26,13 @@ public sealed partial class BpeTokenizer
     /// <summary>
     /// Loads GPT-2's original pair of files: <paramref name="vocabJsonPath"/> (token → id) and
     /// <paramref name="mergesTxtPath"/> (one "left right" merge per line, highest priority first, after a
-    /// "#version" line). <paramref name="specialTokens"/> are matched verbatim before BPE; by default that is
-    /// <c>&lt;|endoftext|&gt;</c> when the vocabulary has it, as HuggingFace's GPT2Tokenizer does (pass an
-    /// empty list for none). A special token missing from the vocabulary gets the next free id.
+    /// "#version" line), with GPT-2's pipeline (ByteLevel pre-tokenizer and decoder, no normalizer).
+    /// <paramref name="specialTokens"/> are matched verbatim before BPE; by default that is
+    /// <c>&lt;|endoftext|&gt;</c> when the vocabulary has it, as HuggingFace's GPT2Tokenizer does (pass an empty
+    /// list for none). A special token missing from the vocabulary gets the next free id.
     /// <c>&lt;|endoftext|&gt;</c>, when special, is BOS and EOS.
     /// </summary>
-    /// <exception cref="InvalidDataException">A file is malformed; the message names it (and the line, for merges).</exception>
+    /// <exception cref="TokenizerFormatException">A file is malformed; the message names it (and the line, for merges).</exception>
     public static BpeTokenizer FromVocabAndMerges(string vocabJsonPath, string mergesTxtPath, IEnumerable<string>? specialTokens = null)
     {
         var def = LoadVocabAndMerges(vocabJsonPath, mergesTxtPath);
@@ -48,9 +47,14 @@ public sealed partial class BpeTokenizer
     /// and other special tokens are then taken from <c>tokenizer_config.json</c> and
     /// <c>special_tokens_map.json</c> (the latter wins, as in transformers), each given as a string or as
     /// <c>{"content": ...}</c>; a special token the vocabulary lacks is appended as transformers does.
+    /// Where tokenizer_config.json sets <c>add_bos_token</c> or <c>add_eos_token</c>, those decide the special
+    /// tokens put around a text (BOS in front, EOS behind), replacing the tokenizer.json post-processor, as
+    /// transformers' Llama and Gemma tokenizers do.
     /// </summary>
     /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
     /// <exception cref="FileNotFoundException">The folder holds neither tokenizer.json nor vocab.json with merges.txt; the message names the folder and the files.</exception>
+    /// <exception cref="TokenizerFormatException">A file is malformed; the message names it.</exception>
+    /// <exception cref="UnsupportedTokenizerException">The tokenizer uses something this class does not implement.</exception>
     public static BpeTokenizer FromDirectory(string modelDir)
     {
         ArgumentNullException.ThrowIfNull(modelDir);
@@ -83,7 +87,7 @@ public sealed partial class BpeTokenizer
                 $"(missing: {string.Join(", ", missing)})", tokenizerJson);
         }
 
-        var config = new SpecialTokenConfig();
+        var config = new TokenizerConfig();
         config.Read(Path.Combine(modelDir, "tokenizer_config.json"), def, readAddedTokensDecoder: true);
         config.Read(Path.Combine(modelDir, "special_tokens_map.json"), def, readAddedTokensDecoder: false);
         def.Bos = config.Get("bos_token", def.Bos);
@@ -93,6 +97,7 @@ public sealed partial class BpeTokenizer
         foreach (var (token, where) in new[] { (def.Bos, "bos_token"), (def.Eos, "eos_token"), (unk, "unk_token"), (def.Pad, "pad_token") })
             if (token is not null) def.EnsureSpecial(token, config.SourceOf(where) ?? def.Source);
         foreach (var (token, source) in config.Additional) def.EnsureSpecial(token, source);
+        if (config.AddBos is not null || config.AddEos is not null) def.UseBosEosTemplate(config.AddBos ?? false, config.AddEos ?? false, config.FlagSource!);
         return def.Build();
     }
 
@@ -101,81 +106,42 @@ public sealed partial class BpeTokenizer
 
     // ------------------------------------------------------------------ file formats
 
-    private static JsonDocument ReadJson(string path)
-    {
-        RequireFile(path);
-        var bytes = File.ReadAllBytes(path);
-        try
-        {
-            return JsonDocument.Parse(bytes);
-        }
-        catch (JsonException ex)
-        {
-            throw new InvalidDataException($"{path}: not valid JSON ({ex.Message})", ex);
-        }
-    }
-
-    /// <summary>A missing file (or folder) is reported as FileNotFoundException naming the file, whichever part of the path is missing.</summary>
-    private static void RequireFile(string path)
-    {
-        ArgumentNullException.ThrowIfNull(path);
-        if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer file '{path}' does not exist", path);
-    }
-
     private static Definition LoadTokenizerJson(string path)
     {
-        using var doc = ReadJson(path);
+        using var doc = TokenizerJson.Parse(path);
+        var json = new TokenizerJson(path);
         var root = doc.RootElement;
-        if (root.ValueKind != JsonValueKind.Object) throw Invalid(path, "the top level is not a JSON object");
+        if (root.ValueKind != JsonValueKind.Object) throw json.Invalid("the top level is not a JSON object");
         if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
-            throw Invalid(path, "there is no \"model\" object");
+            throw json.Invalid("there is no \"model\" object");
 
-        var type = OptionalString(model, "type", path, "model.type");
+        var type = json.OptionalString(model, "type", "model");
         // Old files leave out model.type; a vocab with merges can only be BPE.
-        if (type is null && !model.TryGetProperty("merges", out _)) throw Invalid(path, "model has no \"type\" and no \"merges\"");
+        if (type is null && !model.TryGetProperty("merges", out _)) throw json.Invalid("model has no \"type\" and no \"merges\"");
         if (type is not null && type != "BPE")
-            throw Unsupported(path, $"model type '{type}' (only byte-level BPE, as in GPT-2 and GPT-NeoX/Pythia, is implemented)");
+            throw json.Unsupported($"model type '{type}' (only BPE models are implemented: GPT-2, Llama, Mistral, Qwen, Gemma, ...)");
+        if (!model.TryGetProperty("vocab", out var vocabElement)) throw json.Invalid("model has no \"vocab\"");
 
-        if (model.TryGetProperty("dropout", out var dropout) && dropout.ValueKind == JsonValueKind.Number && dropout.GetDouble() > 0)
-            throw Unsupported(path, "BPE dropout (random merges are for training, not for reproducing a model's tokens)");
-        foreach (var affix in new[] { "continuing_subword_prefix", "end_of_word_suffix" })
-            if (OptionalString(model, affix, path, "model." + affix) is { Length: > 0 } value)
-                throw Unsupported(path, $"model.{affix} '{value}' (byte-level BPE uses none)");
-        if (OptionalBool(model, "byte_fallback", path, "model.byte_fallback"))
-            throw Unsupported(path, "model.byte_fallback (SentencePiece-style BPE, as in Llama, is not implemented)");
-
-        if (!model.TryGetProperty("vocab", out var vocabElement)) throw Invalid(path, "model has no \"vocab\"");
         var def = new Definition
         {
             Source = path,
-            Vocab = ReadVocab(vocabElement, path, "model.vocab"),
-            Merges = ReadJsonMerges(model, path),
-            UnkToken = OptionalString(model, "unk_token", path, "model.unk_token"),
-            IgnoreMerges = OptionalBool(model, "ignore_merges", path, "model.ignore_merges"),
+            Vocab = json.ReadVocab(vocabElement, "model.vocab"),
+            Merges = json.ReadMerges(model),
+            DescribeMerge = i => $"model.merges[{i}]",
+            Options = json.ReadBpeOptions(model),
         };
 
         if (root.TryGetProperty("added_tokens", out var added) && added.ValueKind != JsonValueKind.Null)
         {
-            if (added.ValueKind != JsonValueKind.Array) throw Invalid(path, "\"added_tokens\" is not an array");
+            if (added.ValueKind != JsonValueKind.Array) throw json.Invalid("\"added_tokens\" is not an array");
             var i = 0;
-            foreach (var t in added.EnumerateArray()) def.AddToken(ReadAddedToken(t, path, $"added_tokens[{i++}]", id: null));
+            foreach (var t in added.EnumerateArray()) def.AddAsTokenizers(json.ReadAddedToken(t, $"added_tokens[{i++}]", id: null));
         }
 
-        def.Normalizers = root.TryGetProperty("normalizer", out var normalizer) ? ReadNormalizer(normalizer, path) : [];
-
-        if (!root.TryGetProperty("pre_tokenizer", out var pre) || pre.ValueKind != JsonValueKind.Object)
-            throw Unsupported(path, "a missing pre_tokenizer (a ByteLevel pre-tokenizer is required)");
-        var preType = OptionalString(pre, "type", path, "pre_tokenizer.type");
-        if (preType != "ByteLevel") throw Unsupported(path, $"pre_tokenizer type '{preType}' (only ByteLevel is implemented)");
-        // ByteLevel's defaults in tokenizers: add_prefix_space and use_regex are both true.
-        def.AddPrefixSpace = OptionalBool(pre, "add_prefix_space", path, "pre_tokenizer.add_prefix_space", defaultValue: true);
-        def.UseRegex = OptionalBool(pre, "use_regex", path, "pre_tokenizer.use_regex", defaultValue: true);
-
-        if (root.TryGetProperty("decoder", out var decoder) && decoder.ValueKind != JsonValueKind.Null)
-        {
-            var decoderType = decoder.ValueKind == JsonValueKind.Object ? OptionalString(decoder, "type", path, "decoder.type") : null;
-            if (decoderType != "ByteLevel") throw Unsupported(path, $"decoder type '{decoderType}' (only ByteLevel is implemented)");
-        }
+        def.Normalizer = root.TryGetProperty("normalizer", out var normalizer) ? json.ReadNormalizer(normalizer, "normalizer") : null;
+        def.PreTokenizer = root.TryGetProperty("pre_tokenizer", out var pre) ? json.ReadPreTokenizer(pre, "pre_tokenizer") : null;
+        def.Template = root.TryGetProperty("post_processor", out var post) ? json.ReadPostProcessor(post, "post_processor") : SpecialTokenTemplate.None;
+        def.Decoder = root.TryGetProperty("decoder", out var decoder) ? json.ReadDecoder(decoder, "decoder") : null;
         return def;
     }
 
@@ -184,10 +150,11 @@ public sealed partial class BpeTokenizer
         ArgumentNullException.ThrowIfNull(vocabJsonPath);
         ArgumentNullException.ThrowIfNull(mergesTxtPath);
         Dictionary<string, int> vocab;
-        using (var doc = ReadJson(vocabJsonPath)) vocab = ReadVocab(doc.RootElement, vocabJsonPath, "the top level");
+        using (var doc = TokenizerJson.Parse(vocabJsonPath)) vocab = new TokenizerJson(vocabJsonPath).ReadVocab(doc.RootElement, "the top level");
 
-        RequireFile(mergesTxtPath);
-        var merges = new List<(string, string, string)>();
+        if (!File.Exists(mergesTxtPath)) throw new FileNotFoundException($"tokenizer file '{mergesTxtPath}' does not exist", mergesTxtPath);
+        var merges = new List<(string, string)>();
+        var lines = new List<int>();
         var lineNumber = 0;
         foreach (var raw in File.ReadLines(mergesTxtPath))
         {
@@ -197,112 +164,22 @@ public sealed partial class BpeTokenizer
             if (line.Length == 0 || line.StartsWith("#version", StringComparison.Ordinal)) continue;
             var parts = line.Split(' ');
             if (parts.Length != 2 || parts[0].Length == 0 || parts[1].Length == 0)
-                throw new InvalidDataException($"{mergesTxtPath}:{lineNumber}: expected two tokens separated by one space, got \"{line}\"");
-            merges.Add((parts[0], parts[1], $"{mergesTxtPath}:{lineNumber}"));
+                throw new TokenizerFormatException(mergesTxtPath, $"line {lineNumber}: expected two tokens separated by one space, got \"{line}\"");
+            merges.Add((parts[0], parts[1]));
+            lines.Add(lineNumber);
         }
 
-        // GPT-2's files carry no settings: no normalizer, no prefix space, the regex on.
-        return new Definition { Source = vocabJsonPath, Vocab = vocab, Merges = merges, AddPrefixSpace = false, UseRegex = true };
-    }
-
-    private static Dictionary<string, int> ReadVocab(JsonElement element, string path, string where)
-    {
-        if (element.ValueKind != JsonValueKind.Object) throw Invalid(path, $"{where} is not an object of token → id");
-        var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
-        foreach (var p in element.EnumerateObject())
+        // GPT-2's pipeline, as its tokenizer.json spells it: no normalizer, ByteLevel without prefix space.
+        return new Definition
         {
-            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out var id) || id < 0)
-                throw Invalid(path, $"{where}: token '{p.Name}' has id {p.Value.GetRawText()}, not a non-negative integer");
-            vocab[p.Name] = id;
-        }
-        return vocab;
-    }
-
-    private static List<(string, string, string)> ReadJsonMerges(JsonElement model, string path)
-    {
-        if (!model.TryGetProperty("merges", out var mergesElement) || mergesElement.ValueKind != JsonValueKind.Array)
-            throw Invalid(path, "model.merges is missing or not an array");
-        var merges = new List<(string, string, string)>(mergesElement.GetArrayLength());
-        var i = 0;
-        foreach (var m in mergesElement.EnumerateArray())
-        {
-            var where = $"model.merges[{i++}]";
-            // Older files write "left right"; newer ones ["left", "right"], which allows spaces inside tokens.
-            if (m.ValueKind == JsonValueKind.String)
-            {
-                var parts = m.GetString()!.Split(' ');
-                if (parts.Length != 2 || parts[0].Length == 0 || parts[1].Length == 0)
-                    throw Invalid(path, $"{where} is \"{m.GetString()}\", not two tokens separated by one space");
-                merges.Add((parts[0], parts[1], where));
-            }
-            else if (m.ValueKind == JsonValueKind.Array && m.GetArrayLength() == 2 &&
-                     m[0].ValueKind == JsonValueKind.String && m[1].ValueKind == JsonValueKind.String)
-            {
-                merges.Add((m[0].GetString()!, m[1].GetString()!, where));
-            }
-            else throw Invalid(path, $"{where} is neither \"left right\" nor [\"left\", \"right\"]: {m.GetRawText()}");
-        }
-        return merges;
-    }
-
-    private static NormalizationForm[] ReadNormalizer(JsonElement element, string path)
-    {
-        if (element.ValueKind == JsonValueKind.Null) return [];
-        if (element.ValueKind != JsonValueKind.Object) throw Invalid(path, "normalizer is not an object");
-        var type = OptionalString(element, "type", path, "normalizer.type");
-        switch (type)
-        {
-            case "NFC": return [NormalizationForm.FormC];
-            case "NFD": return [NormalizationForm.FormD];
-            case "NFKC": return [NormalizationForm.FormKC];
-            case "NFKD": return [NormalizationForm.FormKD];
-            case "Sequence":
-                if (!element.TryGetProperty("normalizers", out var list) || list.ValueKind != JsonValueKind.Array)
-                    throw Invalid(path, "a Sequence normalizer has no \"normalizers\" array");
-                return list.EnumerateArray().SelectMany(n => ReadNormalizer(n, path)).ToArray();
-            default:
-                throw Unsupported(path, $"normalizer type '{type}' (only NFC, NFD, NFKC, NFKD and Sequences of them are implemented)");
-        }
-    }
-
-    private static AddedToken ReadAddedToken(JsonElement t, string path, string where, int? id)
-    {
-        if (t.ValueKind != JsonValueKind.Object) throw Invalid(path, $"{where} is not an object");
-        if (id is null)
-        {
-            if (!t.TryGetProperty("id", out var idElement) || !idElement.TryGetInt32(out var parsed) || parsed < 0)
-                throw Invalid(path, $"{where} has no non-negative integer \"id\"");
-            id = parsed;
-        }
-        var content = OptionalString(t, "content", path, where + ".content");
-        if (string.IsNullOrEmpty(content)) throw Invalid(path, $"{where} has no \"content\"");
-        return new AddedToken(id.Value, content,
-            Special: OptionalBool(t, "special", path, where + ".special"),
-            LStrip: OptionalBool(t, "lstrip", path, where + ".lstrip"),
-            RStrip: OptionalBool(t, "rstrip", path, where + ".rstrip"),
-            SingleWord: OptionalBool(t, "single_word", path, where + ".single_word"));
-    }
-
-    private static string? OptionalString(JsonElement obj, string name, string path, string where)
-    {
-        if (!obj.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
-        return v.ValueKind == JsonValueKind.String ? v.GetString() : throw Invalid(path, $"{where} is not a string: {v.GetRawText()}");
-    }
-
-    private static bool OptionalBool(JsonElement obj, string name, string path, string where, bool defaultValue = false)
-    {
-        if (!obj.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return defaultValue;
-        return v.ValueKind switch
-        {
-            JsonValueKind.True => true,
-            JsonValueKind.False => false,
-            _ => throw Invalid(path, $"{where} is not true or false: {v.GetRawText()}"),
+            Source = vocabJsonPath,
+            Vocab = vocab,
+            Merges = merges,
+            DescribeMerge = i => $"{mergesTxtPath}:{lines[i]}",
+            PreTokenizer = new ByteLevelPreTokenizer(addPrefixSpace: false, useRegex: true),
+            Decoder = new ByteLevelDecoder(),
         };
     }
-
-    private static InvalidDataException Invalid(string path, string what) => new($"{path}: {what}");
-
-    private static NotSupportedException Unsupported(string path, string what) => new($"{path}: unsupported tokenizer: {what}");
 
     // ------------------------------------------------------------------ assembling
 
@@ -311,16 +188,41 @@ public sealed partial class BpeTokenizer
     {
         public required string Source { get; init; }
         public required Dictionary<string, int> Vocab { get; init; }
-        public required List<(string Left, string Right, string Where)> Merges { get; init; }
+        public required List<(string Left, string Right)> Merges { get; init; }
+        public required Func<int, string> DescribeMerge { get; init; }
+        public BpeOptions Options { get; init; } = new();
         public List<AddedToken> Added { get; } = [];
-        public NormalizationForm[] Normalizers { get; set; } = [];
-        public bool AddPrefixSpace { get; set; }
-        public bool UseRegex { get; set; } = true;
-        public string? UnkToken { get; init; }
-        public bool IgnoreMerges { get; init; }
+        public Normalizer? Normalizer { get; set; }
+        public PreTokenizer? PreTokenizer { get; set; }
+        public SpecialTokenTemplate Template { get; set; } = SpecialTokenTemplate.None;
+        public Decoder? Decoder { get; set; }
         public string? Bos { get; set; }
         public string? Eos { get; set; }
         public string? Pad { get; set; }
+
+        /// <summary>
+        /// An added token of tokenizer.json, given the id tokenizers gives it (the id written in the file is
+        /// only checked by tokenizers, not used): an existing added token's, else the vocabulary's, else the
+        /// next after the vocabulary and the added tokens so far. A repeated content updates the token's flags.
+        /// </summary>
+        public void AddAsTokenizers(AddedToken token)
+        {
+            var existing = Added.FindIndex(t => t.Content == token.Content);
+            if (existing >= 0)
+            {
+                Added[existing] = token with { Id = Added[existing].Id };
+                return;
+            }
+            int id;
+            if (Vocab.TryGetValue(token.Content, out var vocabId)) id = vocabId;
+            else if (Added.Count == 0) id = Vocab.Count;
+            else
+            {
+                var max = Added.Max(t => t.Id);
+                id = max >= Vocab.Count || Vocab.Count == 0 ? max + 1 : Vocab.Count;
+            }
+            Added.Add(token with { Id = id });
+        }
 
         /// <summary>Adds a token unless one with the same text is already there (the first definition wins).</summary>
         public void AddToken(AddedToken token)
@@ -336,7 +238,7 @@ public sealed partial class BpeTokenizer
         /// </summary>
         public void EnsureSpecial(string content, string source)
         {
-            if (string.IsNullOrEmpty(content)) throw new InvalidDataException($"{source}: a special token is empty");
+            if (string.IsNullOrEmpty(content)) throw new TokenizerFormatException(source, "a special token is empty");
             var i = Added.FindIndex(t => t.Content == content);
             if (i >= 0)
             {
@@ -360,28 +262,86 @@ public sealed partial class BpeTokenizer
             if (Added.Any(t => t.Content == EndOfText)) Bos = Eos = EndOfText;
         }
 
+        /// <summary>transformers' <c>update_post_processor</c>: BOS before the text if asked, EOS after it if asked.</summary>
+        public void UseBosEosTemplate(bool addBos, bool addEos, string source)
+        {
+            string[] prefix = [], suffix = [];
+            if (addBos) prefix = [Bos ?? throw new TokenizerFormatException(source, "add_bos_token is true but there is no bos_token")];
+            if (addEos) suffix = [Eos ?? throw new TokenizerFormatException(source, "add_eos_token is true but there is no eos_token")];
+            Template = new SpecialTokenTemplate(prefix.Select(IdOf).ToArray(), prefix, suffix.Select(IdOf).ToArray(), suffix);
+
+            int IdOf(string token) => Added.FirstOrDefault(t => t.Content == token)?.Id ??
+                                      (Vocab.TryGetValue(token, out var id) ? id : throw new TokenizerFormatException(source, $"special token '{token}' has no id"));
+        }
+
         /// <summary>added_tokens.json of slow tokenizers: {"text": id, ...}, ordinary (not special) until a config names them.</summary>
         public void AddFromAddedTokensJson(string path)
         {
-            using var doc = ReadJson(path);
-            foreach (var (token, id) in ReadVocab(doc.RootElement, path, "the top level"))
+            using var doc = TokenizerJson.Parse(path);
+            foreach (var (token, id) in new TokenizerJson(path).ReadVocab(doc.RootElement, "the top level"))
                 if (token.Length > 0) AddToken(new AddedToken(id, token, Special: false));
         }
 
         public BpeTokenizer Build()
         {
-            var model = new BpeModel(Vocab, Merges, Source, UnkToken, IgnoreMerges);
-            return new BpeTokenizer(model, new AddedTokenMatcher(Added.ToArray()), Normalizers, AddPrefixSpace, UseRegex, Bos, Eos, Pad);
+            // The last ByteLevel pre-tokenizer leaves the byte spelling to the model when the vocabulary allows;
+            // any other ByteLevel spells its pieces itself, since later pre-tokenizers see the spelled text.
+            var byteLevels = new List<ByteLevelPreTokenizer>();
+            CollectByteLevels(PreTokenizer, byteLevels);
+            var last = LastStep(PreTokenizer) as ByteLevelPreTokenizer;
+            var byteInput = last is not null && BpeModel.CanReadBytes(Vocab, Options);
+            foreach (var b in byteLevels) b.MapToAlphabet = !(byteInput && ReferenceEquals(b, last));
+
+            var model = new BpeModel(Vocab, Merges, Options, byteInput, Source, DescribeMerge);
+            string PatternOf(AddedToken t) => t.Normalized && Normalizer is not null ? Normalizer.Normalize(t.Content) : t.Content;
+            var decodeText = new Dictionary<int, string>();
+            foreach (var t in Added) decodeText[t.Id] = PatternOf(t);
+            var byContent = new Dictionary<string, AddedToken>(StringComparer.Ordinal);
+            foreach (var t in Added) byContent.TryAdd(t.Content, t);
+            var byId = new Dictionary<int, AddedToken>();
+            foreach (var t in Added) byId[t.Id] = t;
+
+            var pipeline = new Pipeline
+            {
+                Model = model,
+                Normalizer = Normalizer,
+                PreTokenizer = PreTokenizer,
+                RawAdded = new AddedTokenMatcher(Added.Where(t => !t.Normalized).Select(t => (t.Content, t))),
+                NormalizedAdded = new AddedTokenMatcher(Added.Where(t => t.Normalized).Select(t => (PatternOf(t), t))),
+                Added = Added.ToArray(),
+                AddedById = byId,
+                AddedByContent = byContent,
+                AddedDecodeText = decodeText,
+                Template = Template,
+                Decoder = Decoder,
+                AddPrefixSpace = byteLevels.Any(b => b.AddPrefixSpace),
+            };
+            return new BpeTokenizer(pipeline, Bos, Eos, Pad);
         }
+
+        private static void CollectByteLevels(PreTokenizer? p, List<ByteLevelPreTokenizer> into)
+        {
+            if (p is ByteLevelPreTokenizer b) into.Add(b);
+            else if (p is SequencePreTokenizer s) foreach (var step in s.Steps) CollectByteLevels(step, into);
+        }
+
+        private static PreTokenizer? LastStep(PreTokenizer? p) => p is SequencePreTokenizer s ? LastStep(s.Steps[^1]) : p;
     }
 
-    /// <summary>The special-token settings of tokenizer_config.json and special_tokens_map.json, later files overriding earlier ones.</summary>
-    private sealed class SpecialTokenConfig
+    /// <summary>The settings of tokenizer_config.json and special_tokens_map.json, later files overriding earlier ones.</summary>
+    private sealed class TokenizerConfig
     {
         private static readonly string[] Roles = ["bos_token", "eos_token", "unk_token", "pad_token"];
         private readonly Dictionary<string, (string? Value, string Source)> _values = [];
 
         public List<(string Token, string Source)> Additional { get; } = [];
+
+        public bool? AddBos { get; private set; }
+
+        public bool? AddEos { get; private set; }
+
+        /// <summary>The file that set add_bos_token/add_eos_token.</summary>
+        public string? FlagSource { get; private set; }
 
         /// <summary>The configured token for a role, or <paramref name="fallback"/> when no file mentions the role (an explicit null means none).</summary>
         public string? Get(string role, string? fallback) => _values.TryGetValue(role, out var v) ? v.Value : fallback;
@@ -391,40 +351,52 @@ public sealed partial class BpeTokenizer
         public void Read(string path, Definition def, bool readAddedTokensDecoder)
         {
             if (!File.Exists(path)) return;
-            using var doc = ReadJson(path);
+            using var doc = TokenizerJson.Parse(path);
+            var json = new TokenizerJson(path);
             var root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object) throw Invalid(path, "the top level is not a JSON object");
+            if (root.ValueKind != JsonValueKind.Object) throw json.Invalid("the top level is not a JSON object");
 
             // Newer transformers list every added token here, keyed by id; tokenizer.json usually has them too.
             if (readAddedTokensDecoder && root.TryGetProperty("added_tokens_decoder", out var decoder) && decoder.ValueKind == JsonValueKind.Object)
             {
                 foreach (var p in decoder.EnumerateObject())
                 {
-                    if (!int.TryParse(p.Name, out var id) || id < 0) throw Invalid(path, $"added_tokens_decoder key '{p.Name}' is not an id");
-                    def.AddToken(ReadAddedToken(p.Value, path, $"added_tokens_decoder[{p.Name}]", id));
+                    if (!int.TryParse(p.Name, out var id) || id < 0) throw json.Invalid($"added_tokens_decoder key '{p.Name}' is not an id");
+                    def.AddToken(json.ReadAddedToken(p.Value, $"added_tokens_decoder[\"{p.Name}\"]", id));
                 }
             }
 
             foreach (var role in Roles)
                 if (root.TryGetProperty(role, out var v))
-                    _values[role] = (TokenText(v, path, role), path);
+                    _values[role] = (TokenText(json, v, role), path);
 
             if (root.TryGetProperty("additional_special_tokens", out var extra) && extra.ValueKind != JsonValueKind.Null)
             {
-                if (extra.ValueKind != JsonValueKind.Array) throw Invalid(path, "additional_special_tokens is not an array");
+                if (extra.ValueKind != JsonValueKind.Array) throw json.Invalid("additional_special_tokens is not an array");
                 foreach (var e in extra.EnumerateArray())
-                    if (TokenText(e, path, "additional_special_tokens") is { } token) Additional.Add((token, path));
+                    if (TokenText(json, e, "additional_special_tokens") is { } token) Additional.Add((token, path));
+            }
+
+            if (root.TryGetProperty("add_bos_token", out var addBos) && addBos.ValueKind != JsonValueKind.Null)
+            {
+                AddBos = json.OptionalBool(root, "add_bos_token", "the top level");
+                FlagSource = path;
+            }
+            if (root.TryGetProperty("add_eos_token", out var addEos) && addEos.ValueKind != JsonValueKind.Null)
+            {
+                AddEos = json.OptionalBool(root, "add_eos_token", "the top level");
+                FlagSource = path;
             }
         }
 
         /// <summary>A special token written as "text", as {"content": "text", ...} (a serialized AddedToken), or null.</summary>
-        private static string? TokenText(JsonElement v, string path, string where) => v.ValueKind switch
+        private static string? TokenText(TokenizerJson json, JsonElement v, string where) => v.ValueKind switch
         {
             JsonValueKind.Null => null,
-            JsonValueKind.String => v.GetString(),
-            JsonValueKind.Object => OptionalString(v, "content", path, where + ".content")
-                                    ?? throw Invalid(path, $"{where} is an object without \"content\""),
-            _ => throw Invalid(path, $"{where} is neither a string nor {{\"content\": ...}}: {v.GetRawText()}"),
+            JsonValueKind.String => json.ReadString(v, where),
+            JsonValueKind.Object => json.OptionalString(v, "content", where)
+                                    ?? throw json.Invalid($"{where} is an object without \"content\""),
+            _ => throw json.Invalid($"{where} is neither a string nor {{\"content\": ...}}: {TokenizerJson.Short(v)}"),
         };
     }
 }

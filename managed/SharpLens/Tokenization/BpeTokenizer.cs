@@ -1,40 +1,51 @@
-using System.Text;
 using SharpLens.Tensors;
+using System.Runtime.CompilerServices;
+using System.Text;
 
 namespace SharpLens.Tokenization;
 
+/// <summary>The ids of a text and the token strings tokenizers reports for them (vocabulary spellings such as "Ġworld" or "▁Hello").</summary>
+/// <param name="Ids">The token ids.</param>
+/// <param name="Tokens">One string per id: the vocabulary's token, or for an added token the text it matched.</param>
+public sealed record TokenizedText(int[] Ids, string[] Tokens);
+
 /// <summary>
-/// The byte-level BPE tokenizer of GPT-2 and GPT-NeoX/Pythia, in managed code, producing the same ids as
-/// HuggingFace's <c>tokenizers</c>. Text is split on added tokens (such as <c>&lt;|endoftext|&gt;</c>),
-/// each remaining stretch is normalized (when the tokenizer says so), pre-tokenized with GPT-2's regex,
-/// turned into UTF-8 bytes spelled with GPT-2's byte alphabet, and merged by rank. Instances are
-/// immutable and thread-safe; load one with <see cref="FromDirectory"/>, <see cref="FromTokenizerJson"/>
-/// or <see cref="FromVocabAndMerges"/>.
+/// A HuggingFace <c>tokenizer.json</c> tokenizer with a BPE model, in managed code, producing the ids of
+/// HuggingFace's <c>tokenizers</c> library: GPT-2 and GPT-NeoX/Pythia, Llama 2 and 3, Mistral, Qwen, Gemma and
+/// others built from the same parts. Encoding: added tokens (special or not) are found in the raw text; each
+/// stretch between them is normalized, split by the pre-tokenizer and merged by the BPE model; the
+/// post-processor adds BOS/EOS when special tokens are asked for. Decoding runs the decoder chain.
+/// Instances are immutable and thread-safe; load one with <see cref="FromDirectory"/> (tokenizer.json plus
+/// tokenizer_config.json), <see cref="FromTokenizerJson"/> or <see cref="FromVocabAndMerges"/>.
 /// </summary>
 public sealed partial class BpeTokenizer
 {
-    private readonly BpeModel _model;
-    private readonly AddedTokenMatcher _added;
-    private readonly Dictionary<int, AddedToken> _addedById;
-    private readonly NormalizationForm[] _normalizers;
-    private readonly bool _useRegex;
-    private readonly byte[]?[] _idBytes;
-
-    private BpeTokenizer(BpeModel model, AddedTokenMatcher added, NormalizationForm[] normalizers, bool addPrefixSpace,
-        bool useRegex, string? bosToken, string? eosToken, string? padToken, byte[]?[]? idBytes = null)
+    /// <summary>Everything but the BOS/EOS/padding choice, shared by the tokenizers <see cref="WithSpecialTokens"/> derives.</summary>
+    private sealed class Pipeline
     {
-        _model = model;
-        _added = added;
-        _addedById = [];
-        foreach (var t in added.Tokens) _addedById[t.Id] = t;
-        _normalizers = normalizers;
-        _useRegex = useRegex;
-        AddPrefixSpace = addPrefixSpace;
+        public required BpeModel Model { get; init; }
+        public required Normalizer? Normalizer { get; init; }
+        public required PreTokenizer? PreTokenizer { get; init; }
+        public required AddedTokenMatcher RawAdded { get; init; }
+        public required AddedTokenMatcher NormalizedAdded { get; init; }
+        public required IReadOnlyList<AddedToken> Added { get; init; }
+        public required Dictionary<int, AddedToken> AddedById { get; init; }
+        public required Dictionary<string, AddedToken> AddedByContent { get; init; }
+        /// <summary>The string an added token decodes from (its content, normalized for normalized tokens, as tokenizers keeps it).</summary>
+        public required Dictionary<int, string> AddedDecodeText { get; init; }
+        public required SpecialTokenTemplate Template { get; init; }
+        public required Decoder? Decoder { get; init; }
+        public required bool AddPrefixSpace { get; init; }
+    }
 
-        var size = model.IdToToken.Length;
-        foreach (var t in added.Tokens) size = Math.Max(size, t.Id + 1);
+    private readonly Pipeline _p;
+
+    private BpeTokenizer(Pipeline pipeline, string? bosToken, string? eosToken, string? padToken)
+    {
+        _p = pipeline;
+        var size = pipeline.Model.IdToToken.Length;
+        foreach (var t in pipeline.Added) size = Math.Max(size, t.Id + 1);
         VocabSize = size;
-        _idBytes = idBytes ?? BuildIdBytes();
 
         BosToken = bosToken;
         EosToken = eosToken;
@@ -42,6 +53,7 @@ public sealed partial class BpeTokenizer
         BosTokenId = ResolveSpecial(bosToken, "BOS");
         EosTokenId = ResolveSpecial(eosToken, "EOS");
         PadTokenId = ResolveSpecial(padToken, "padding");
+        PrependsBos = EncodeWithSpecialTokens("").Length > 0;
     }
 
     private int? ResolveSpecial(string? token, string role)
@@ -51,45 +63,18 @@ public sealed partial class BpeTokenizer
     }
 
     /// <summary>
-    /// The bytes each id decodes to, computed once so decoding is a table lookup. Vocabulary tokens map their
-    /// characters back through GPT-2's byte alphabet; a character outside the alphabet (possible only in a
-    /// hand-made vocabulary) stands for its own UTF-8, as in HuggingFace's ByteLevel decoder. Added tokens
-    /// decode to their text as written, so text containing them round-trips.
-    /// </summary>
-    private byte[]?[] BuildIdBytes()
-    {
-        var table = new byte[]?[VocabSize];
-        var buffer = new List<byte>();
-        Span<byte> utf8 = stackalloc byte[4];
-        for (var id = 0; id < _model.IdToToken.Length; id++)
-        {
-            if (_model.IdToToken[id] is not { } token) continue;
-            buffer.Clear();
-            foreach (var rune in token.EnumerateRunes())
-            {
-                var b = rune.IsBmp ? ByteLevelAlphabet.CharToByte((char)rune.Value) : -1;
-                if (b >= 0) buffer.Add((byte)b);
-                else buffer.AddRange(utf8[..rune.EncodeToUtf8(utf8)]);
-            }
-            table[id] = [.. buffer];
-        }
-        foreach (var t in _added.Tokens) table[t.Id] = Encoding.UTF8.GetBytes(t.Content);
-        return table;
-    }
-
-    /// <summary>
     /// The number of ids the tokenizer can produce: one more than the largest id of the vocabulary and the
     /// added tokens. A model's embedding may be larger (Pythia pads it to a multiple of 128).
     /// </summary>
     public int VocabSize { get; }
 
-    /// <summary>Tokens matched verbatim before BPE (special tokens and other added tokens).</summary>
-    public IReadOnlyList<AddedToken> AddedTokens => _added.Tokens;
+    /// <summary>Tokens matched verbatim before BPE (special tokens and other added tokens), in the order they were defined.</summary>
+    public IReadOnlyList<AddedToken> AddedTokens => _p.Added;
 
-    /// <summary>Whether a space is put before each stretch of text that does not start with one (ByteLevel's add_prefix_space), so a first word encodes like a later one.</summary>
-    public bool AddPrefixSpace { get; }
+    /// <summary>Whether the ByteLevel pre-tokenizer puts a space before each stretch of text that does not start with one (add_prefix_space).</summary>
+    public bool AddPrefixSpace => _p.AddPrefixSpace;
 
-    /// <summary>The beginning-of-sequence token's text, or null when the tokenizer has none.</summary>
+    /// <summary>The beginning-of-sequence token's text, or null when the tokenizer has none (Qwen).</summary>
     public string? BosToken { get; }
 
     /// <summary>The end-of-sequence token's text, or null when the tokenizer has none.</summary>
@@ -108,64 +93,169 @@ public sealed partial class BpeTokenizer
     public int? PadTokenId { get; }
 
     /// <summary>
-    /// The same tokenizer with other BOS, EOS and padding tokens (null for none). Each must already be a
-    /// vocabulary or added token; the vocabulary, merges and cache are shared, not copied.
+    /// Whether encoding with special tokens puts tokens in front of the text (TransformerLens's
+    /// <c>tokenizer_prepends_bos</c>: <c>encode("")</c> is not empty), as the post-processors of Llama, Mistral and
+    /// Gemma do; GPT-2's, Llama 3's ByteLevel-only and Qwen's do not.
     /// </summary>
-    public BpeTokenizer WithSpecialTokens(string? bosToken, string? eosToken, string? padToken) =>
-        new(_model, _added, _normalizers, AddPrefixSpace, _useRegex, bosToken, eosToken, padToken, _idBytes);
+    public bool PrependsBos { get; }
+
+    /// <summary>
+    /// The same tokenizer with other BOS, EOS and padding tokens (null for none). Each must already be a
+    /// vocabulary or added token; the vocabulary, merges and cache are shared, not copied. The post-processor
+    /// (what <see cref="EncodeWithSpecialTokens"/> adds) is unchanged.
+    /// </summary>
+    public BpeTokenizer WithSpecialTokens(string? bosToken, string? eosToken, string? padToken) => new(_p, bosToken, eosToken, padToken);
 
     // ------------------------------------------------------------------ encoding
 
-    /// <summary>The token ids of <paramref name="text"/>, without any BOS.</summary>
+    /// <summary>The token ids of <paramref name="text"/> without special tokens from the post-processor (tokenizers' <c>add_special_tokens=False</c>); special tokens written in the text are still recognised.</summary>
     public int[] Encode(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
         var output = new List<int>(text.Length / 3 + 4);
-        EncodeInto(text, output);
+        EncodeInto(text, output, null);
         return [.. output];
     }
 
-    /// <summary>The token ids of <paramref name="text"/>, preceded by <see cref="BosTokenId"/> when <paramref name="prependBos"/> is set.</summary>
-    /// <exception cref="InvalidOperationException">BOS was asked for and the tokenizer has none.</exception>
-    public int[] Encode(string text, bool prependBos)
+    /// <summary>The token ids of <paramref name="text"/> with the post-processor's special tokens (tokenizers' <c>add_special_tokens=True</c>; BOS for Llama and Gemma, nothing for GPT-2 and Qwen).</summary>
+    public int[] EncodeWithSpecialTokens(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        var output = new List<int>(text.Length / 3 + 5);
-        if (prependBos) output.Add(RequireBos());
-        EncodeInto(text, output);
+        var t = _p.Template;
+        var output = new List<int>(text.Length / 3 + 4 + t.PrefixIds.Length + t.SuffixIds.Length);
+        output.AddRange(t.PrefixIds);
+        EncodeInto(text, output, null);
+        output.AddRange(t.SuffixIds);
         return [.. output];
     }
 
-    private int RequireBos() => BosTokenId ??
-        throw new InvalidOperationException("cannot prepend BOS: this tokenizer has no BOS token (set one with WithSpecialTokens)");
-
-    private void EncodeInto(string text, List<int> output) =>
-        _added.Split(text, (start, length) => EncodeOrdinary(text.Substring(start, length), output), t => output.Add(t.Id));
-
-    /// <summary>Encodes text holding no added tokens: normalize, add the prefix space, pre-tokenize, BPE each piece.</summary>
-    private void EncodeOrdinary(string text, List<int> output)
+    /// <summary>The ids of <paramref name="text"/> and their token strings, with or without the post-processor's special tokens (what <c>lens tokenize</c> writes).</summary>
+    public TokenizedText Tokenize(string text, bool addSpecialTokens)
     {
-        foreach (var form in _normalizers)
-        {
-            // string.Normalize rejects lone surrogates, which are not valid text; such input is left as it
-            // is (its surrogates become U+FFFD bytes later) rather than failing the whole call.
-            try { text = text.Normalize(form); }
-            catch (ArgumentException) { break; }
-        }
-        if (AddPrefixSpace && !text.StartsWith(' ')) text = " " + text;
-        if (!_useRegex)
-        {
-            _model.EncodeWord(text, output);
-            return;
-        }
-        var pieces = new List<(int Start, int Length)>();
-        Gpt2PreTokenizer.Split(text, pieces);
-        foreach (var (start, length) in pieces) _model.EncodeWord(text.AsSpan(start, length), output);
+        ArgumentNullException.ThrowIfNull(text);
+        var ids = new List<int>();
+        var tokens = new List<string>();
+        var t = addSpecialTokens ? _p.Template : SpecialTokenTemplate.None;
+        ids.AddRange(t.PrefixIds);
+        tokens.AddRange(t.PrefixTokens);
+        EncodeInto(text, ids, tokens);
+        ids.AddRange(t.SuffixIds);
+        tokens.AddRange(t.SuffixTokens);
+        return new TokenizedText([.. ids], [.. tokens]);
     }
 
     /// <summary>
-    /// <paramref name="text"/> as an int64 tensor [1, n], preceded by <see cref="BosTokenId"/> when
-    /// <paramref name="prependBos"/> is set (TransformerLens's <c>to_tokens</c>).
+    /// The token ids of <paramref name="text"/> as TransformerLens's <c>to_tokens</c> makes them. With
+    /// <paramref name="prependBos"/>: when the tokenizer puts BOS in front itself (<see cref="PrependsBos"/>), the
+    /// text encoded with special tokens; otherwise the BOS text (or, as TransformerLens substitutes for tokenizers
+    /// without one such as Qwen's, the EOS text) written before the text and that encoded with special tokens
+    /// (a BOS that is a plain vocabulary token, not an added one, is put in front as an id instead).
+    /// Without: the text encoded with special tokens, minus the first token when the tokenizer prepends one.
+    /// For GPT-2 this is BOS + the text's tokens, or the text's tokens.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">BOS was asked for and the tokenizer has neither a BOS nor an EOS token.</exception>
+    public int[] Encode(string text, bool prependBos)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        if (prependBos)
+        {
+            if (PrependsBos) return EncodeWithSpecialTokens(text);
+            var bos = BosToken ?? EosToken ?? throw new InvalidOperationException(
+                "cannot prepend BOS: this tokenizer has neither a BOS nor an EOS token (set one with WithSpecialTokens)");
+            if (_p.AddedByContent.ContainsKey(bos)) return EncodeWithSpecialTokens(bos + text);
+            return [TokenToId(bos)!.Value, .. EncodeWithSpecialTokens(text)];
+        }
+        var ids = EncodeWithSpecialTokens(text);
+        return PrependsBos && ids.Length > 0 ? ids[1..] : ids;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void EncodeInto(string text, List<int> ids, List<string>? tokens)
+    {
+        text = UnicodeText.ReplaceLoneSurrogates(text);
+        var splits = ListPool<AddedSplit>.Rent();
+        try
+        {
+            _p.RawAdded.Split(text, splits);
+            foreach (var s in splits)
+            {
+                if (s.Token is { } token)
+                {
+                    ids.Add(token.Id);
+                    tokens?.Add(text.Substring(s.Start, s.Length));
+                }
+                else EncodeStretch(text, s.Start, s.Length, ids, tokens);
+            }
+        }
+        finally
+        {
+            ListPool<AddedSplit>.Return(splits);
+        }
+    }
+
+    /// <summary>Text between raw added tokens: normalize, find normalized added tokens, pre-tokenize, BPE each piece.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void EncodeStretch(string text, int start, int length, List<int> ids, List<string>? tokens)
+    {
+        var piece = _p.Normalizer is null
+            ? new Piece(text, start, length, start == 0)
+            : Piece.Of(_p.Normalizer.Normalize(text.Substring(start, length)), start == 0);
+        if (_p.NormalizedAdded.IsEmpty)
+        {
+            PreTokenizeAndEncode(piece, ids, tokens);
+            return;
+        }
+        var splits = ListPool<AddedSplit>.Rent();
+        try
+        {
+            _p.NormalizedAdded.Split(piece.Span, splits);
+            foreach (var s in splits)
+            {
+                if (s.Token is { } token)
+                {
+                    ids.Add(token.Id);
+                    tokens?.Add(piece.Span.Slice(s.Start, s.Length).ToString());
+                }
+                else PreTokenizeAndEncode(piece.Slice(s.Start, s.Length), ids, tokens);
+            }
+        }
+        finally
+        {
+            ListPool<AddedSplit>.Return(splits);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void PreTokenizeAndEncode(in Piece piece, List<int> ids, List<string>? tokens)
+    {
+        if (_p.PreTokenizer is null)
+        {
+            EncodeWord(piece.Span, ids, tokens);
+            return;
+        }
+        var pieces = ListPool<Piece>.Rent();
+        try
+        {
+            _p.PreTokenizer.Split(piece, pieces);
+            foreach (var p in pieces) EncodeWord(p.Span, ids, tokens);
+        }
+        finally
+        {
+            ListPool<Piece>.Return(pieces);
+        }
+    }
+
+    private void EncodeWord(ReadOnlySpan<char> word, List<int> ids, List<string>? tokens)
+    {
+        var before = ids.Count;
+        _p.Model.Encode(word, ids);
+        if (tokens is null) return;
+        for (var i = before; i < ids.Count; i++) tokens.Add(_p.Model.IdToToken[ids[i]]!);
+    }
+
+    /// <summary>
+    /// <paramref name="text"/> as an int64 tensor [1, n], encoded as <see cref="Encode(string, bool)"/> does
+    /// (TransformerLens's <c>to_tokens</c>).
     /// </summary>
     /// <exception cref="InvalidOperationException">BOS was asked for and the tokenizer has none.</exception>
     public Tensor ToTokens(string text, bool prependBos)
@@ -231,10 +321,10 @@ public sealed partial class BpeTokenizer
     // ------------------------------------------------------------------ decoding
 
     /// <summary>
-    /// The text of a sequence of ids. Bytes are gathered across tokens before UTF-8 decoding, so a character
-    /// split over several tokens comes back whole; invalid UTF-8 becomes U+FFFD, like HuggingFace's
-    /// <c>errors="replace"</c>. Ids the tokenizer does not know are skipped, as HuggingFace does (a model's
-    /// padded embedding can produce them).
+    /// The text of a sequence of ids, as tokenizers' <c>decode</c>: each id's token string (an added token's
+    /// text, or the vocabulary's spelling) goes through the decoder chain (GPT-2's byte alphabet back to UTF-8,
+    /// "▁" to space, &lt;0xXX&gt; byte tokens, ...). Ids the tokenizer does not know are skipped, as tokenizers
+    /// does (a model's padded embedding can produce them).
     /// </summary>
     public string Decode(IEnumerable<int> ids) => Decode(ids, skipSpecialTokens: false);
 
@@ -242,14 +332,16 @@ public sealed partial class BpeTokenizer
     public string Decode(IEnumerable<int> ids, bool skipSpecialTokens)
     {
         ArgumentNullException.ThrowIfNull(ids);
-        var bytes = new List<byte>();
+        var tokens = new List<string>();
         foreach (var id in ids)
         {
-            if (id < 0 || id >= _idBytes.Length || _idBytes[id] is not { } b) continue;
-            if (skipSpecialTokens && _addedById.TryGetValue(id, out var t) && t.Special) continue;
-            bytes.AddRange(b);
+            if (_p.AddedById.TryGetValue(id, out var added))
+            {
+                if (!(skipSpecialTokens && added.Special)) tokens.Add(_p.AddedDecodeText[id]);
+            }
+            else if (id >= 0 && id < _p.Model.IdToToken.Length && _p.Model.IdToToken[id] is { } token) tokens.Add(token);
         }
-        return Encoding.UTF8.GetString(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(bytes));
+        return _p.Decoder is null ? string.Join(' ', tokens) : string.Concat(_p.Decoder.DecodeChain(tokens));
     }
 
     /// <summary>Decodes an int64 or int32 tensor of ids of shape [n] or [1, n].</summary>
@@ -280,14 +372,14 @@ public sealed partial class BpeTokenizer
     // ------------------------------------------------------------------ vocabulary
 
     /// <summary>
-    /// The token string of an id as the vocabulary spells it (byte alphabet: "Ġworld"), or an added token's
-    /// text. Use <see cref="ToStrTokens(IEnumerable{int})"/> for readable text.
+    /// The token string of an id as the vocabulary spells it ("Ġworld", "▁Hello"), or an added token's text.
+    /// Use <see cref="ToStrTokens(IEnumerable{int})"/> for readable text.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">No token has this id.</exception>
     public string IdToToken(int id)
     {
-        if (_addedById.TryGetValue(id, out var added)) return added.Content;
-        if (id >= 0 && id < _model.IdToToken.Length && _model.IdToToken[id] is { } token) return token;
+        if (_p.AddedDecodeText.TryGetValue(id, out var added)) return added;
+        if (id >= 0 && id < _p.Model.IdToToken.Length && _p.Model.IdToToken[id] is { } token) return token;
         throw new ArgumentOutOfRangeException(nameof(id), id, $"no token has id {id} (vocabulary size {VocabSize})");
     }
 
@@ -295,7 +387,7 @@ public sealed partial class BpeTokenizer
     public int? TokenToId(string token)
     {
         ArgumentNullException.ThrowIfNull(token);
-        if (_added.TryGet(token, out var added)) return added.Id;
-        return _model.Vocab.TryGetValue(token, out var id) ? id : null;
+        if (_p.AddedByContent.TryGetValue(token, out var added)) return added.Id;
+        return _p.Model.Vocab.TryGetValue(token, out var id) ? id : null;
     }
 }

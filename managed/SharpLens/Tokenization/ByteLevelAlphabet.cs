@@ -18,6 +18,16 @@ internal static class ByteLevelAlphabet
     /// <summary>The byte <paramref name="c"/> stands for, or -1 when <paramref name="c"/> is not in the table.</summary>
     public static int CharToByte(char c) => c < CharToByteTable.Length ? CharToByteTable[c] : -1;
 
+    /// <summary>The UTF-8 bytes of <paramref name="text"/>, each written as its alphabet character.</summary>
+    public static string Spell(ReadOnlySpan<char> text)
+    {
+        var bytes = System.Text.Encoding.UTF8.GetBytes(text.ToArray());
+        return string.Create(bytes.Length, bytes, static (span, b) =>
+        {
+            for (var i = 0; i < b.Length; i++) span[i] = ByteToChar[b[i]];
+        });
+    }
+
     private static bool IsPrintableAsItself(int b) =>
         (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 
