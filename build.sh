@@ -6,6 +6,8 @@
 #   ./build.sh pack [DIR]  build, then write the NuGet packages SharpLens.Torch (with libsharplens.so) and SharpLens
 #                       to a local feed folder, DIR or build/feed (the version is Directory.Build.props's)
 #   ./build.sh demo     build, then run `lens demo` (train a small model, find its induction heads; options pass through)
+#   ./build.sh gpu-check   on a GPU machine: build with the CUDA kernels against a CUDA libtorch, run the CUDA tests,
+#                          lens verify and lens bench on the GPU, write one JSON (see gpu_check below)
 #   ./build.sh cuda-check  compile the CUDA kernels with nvcc (no GPU or CUDA libtorch needed; --install fetches
 #                          Debian's nvidia-cuda-toolkit) and run their standalone test where a GPU is present
 # Environment: SHARPLENS_LIBTORCH or Torch_DIR select another libtorch (e.g. a CUDA build);
@@ -93,6 +95,75 @@ run_bench() {
   dotnet run -c Release --project "$ROOT/perf/SharpLens.Perf" -- --summary "$ROOT/perf/results/summary.md" "$@"
 }
 
+# On a machine with an NVIDIA GPU: finds a CUDA libtorch (SHARPLENS_LIBTORCH, Torch_DIR, or the one inside a Python
+# PyTorch), builds libsharplens with the CUDA kernels for the GPU's architecture, runs the standalone CUDA kernel test,
+# the CUDA test subset (with a .NET SDK), lens verify --device cuda on every fixture and lens bench --device cuda
+# (GPT-2-small shape: 4 x 128 float32 and 8 x 1024 bfloat16), and writes everything to one JSON
+# (build/gpu-check/gpu-check.json; or the path given). Needs nvcc and nvidia-smi; the managed side needs `dotnet` (an SDK
+# to run the test subset, or just a runtime with binaries built elsewhere: DOTNET_ROOT and the managed/*/bin/Release output).
+gpu_check() {
+  local out_json="${1:-$ROOT/build/gpu-check/gpu-check.json}" out_dir="$ROOT/build/gpu-check" started=$SECONDS
+  mkdir -p "$out_dir" "$(dirname "$out_json")"
+  command -v nvidia-smi >/dev/null || { echo "gpu-check: nvidia-smi not found: this machine has no NVIDIA driver" >&2; exit 1; }
+  local torch_dir="${Torch_DIR:-}"
+  [ -z "$torch_dir" ] && [ -n "${SHARPLENS_LIBTORCH:-}" ] && torch_dir="$SHARPLENS_LIBTORCH/share/cmake/Torch"
+  if [ -z "$torch_dir" ] && command -v python3 >/dev/null; then
+    torch_dir=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path + "/Torch")' 2>/dev/null || true)
+    local torch_lib
+    torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null || true)
+    [ -n "$torch_lib" ] && export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+  [ -n "$torch_dir" ] && [ -f "$torch_dir/TorchConfig.cmake" ] || {
+    echo "gpu-check: no CUDA libtorch found: set SHARPLENS_LIBTORCH (or Torch_DIR), or install PyTorch with CUDA for python3" >&2; exit 1; }
+  local cap arch
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' ')
+  arch=${CUDA_ARCHS:-${cap/./}}
+  log "gpu-check: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), sm_$arch, Torch_DIR=$torch_dir"
+  local build_dir="$ROOT/build/native-cuda"
+  local cmake_args=(-S "$ROOT" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DTorch_DIR="$torch_dir" -DSHARPLENS_CUDA=ON
+    -DCMAKE_CUDA_ARCHITECTURES="$arch")
+  command -v ninja >/dev/null && cmake_args+=(-G Ninja)
+  [ -n "${SHARPLENS_BLAS:-}" ] && cmake_args+=(-DSHARPLENS_BLAS="$SHARPLENS_BLAS")
+  cmake "${cmake_args[@]}" >"$out_dir/cmake.log" 2>&1 || { tail -20 "$out_dir/cmake.log"; echo "gpu-check: configure failed" >&2; exit 1; }
+  cmake --build "$build_dir" -j"$(nproc)" >"$out_dir/build.log" 2>&1 || { tail -30 "$out_dir/build.log"; echo "gpu-check: build failed" >&2; exit 1; }
+  export SHARPLENS_NATIVE="$build_dir/libsharplens.so"
+  local kernel_test
+  kernel_test=$(CUDA_ARCHS="$arch" SHARPLENS_LIBTORCH="${SHARPLENS_LIBTORCH:-$(cd "$torch_dir/../../.." && pwd)}" "$ROOT/native/cuda/check.sh" 2>"$out_dir/cuda-check.log" | tail -1 || true)
+  log "$kernel_test"
+  local tests="not run: no .NET SDK here (dotnet test)"
+  if dotnet --list-sdks 2>/dev/null | grep -q .; then
+    dotnet build "$ROOT/Engine.sln" -c Release -nologo -v quiet -clp:ErrorsOnly >"$out_dir/dotnet-build.log" 2>&1
+    dotnet test "$ROOT/tests/SharpLens.Tests" -c Release --no-build -nologo --filter "TestCategory=CUDA" >"$out_dir/cuda-tests.log" 2>&1 || true
+    tests=$(grep -E "Passed!|Failed!" "$out_dir/cuda-tests.log" | tail -1 || true)
+  fi
+  local lens="$ROOT/managed/SharpLens.Cli/bin/Release/net10.0/lens.dll" verify=() bench=()
+  [ -f "$lens" ] || { echo "gpu-check: $lens is missing: build the managed side (./build.sh) and carry it here" >&2; exit 1; }
+  for fixture in "$ROOT"/tests/fixtures/tiny-*; do
+    local name; name=$(basename "$fixture")
+    for dtype in float32 float64; do
+      local rc=0
+      dotnet "$lens" verify "$fixture" --dtype "$dtype" --device cuda --json "$out_dir/verify-$name-$dtype.json" >"$out_dir/verify-$name-$dtype.log" 2>&1 || rc=$?
+      verify+=("\"$name/$dtype\": $([ $rc -eq 0 ] && echo '"passed"' || echo '"FAILED"')")
+    done
+  done
+  for run in "float32 4 128" "bfloat16 8 1024"; do
+    read -r dtype batch seq <<<"$run"
+    dotnet "$lens" bench --arch gpt2 --device cuda --dtype "$dtype" --batch "$batch" --seq "$seq" --reps 10 \
+      --json "$out_dir/bench-$dtype-${batch}x$seq.json" >"$out_dir/bench-$dtype-${batch}x$seq.log" 2>&1 || true
+    bench+=("\"gpt2 $dtype ${batch}x$seq\": $(cat "$out_dir/bench-$dtype-${batch}x$seq.json" 2>/dev/null || echo '"failed: see log"')")
+  done
+  {
+    echo "{"
+    echo "  \"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)\", \"sm\": \"$arch\", \"torch_dir\": \"$torch_dir\","
+    echo "  \"cuda_kernel_test\": \"${kernel_test//\"/\'}\", \"cuda_tests\": \"${tests//\"/\'}\","
+    echo "  \"verify\": { $(IFS=,; echo "${verify[*]}") },"
+    echo "  \"bench\": { $(IFS=,; echo "${bench[*]}") },"
+    echo "  \"seconds\": $((SECONDS - started))"
+    echo "}"
+  } >"$out_json"
+  log "gpu-check: wrote $out_json in $((SECONDS - started)) s"
+}
+
 case "${1:-build}" in
   build) build_all ;;
   test) run_tests ;;
@@ -100,5 +171,6 @@ case "${1:-build}" in
   pack) shift; build_all; pack_packages "$@" ;;
   demo) shift; build_all; dotnet "$ROOT/managed/SharpLens.Cli/bin/Release/net10.0/lens.dll" demo "$@" ;;
   cuda-check) shift; "$ROOT/native/cuda/check.sh" "$@" ;;
-  *) echo "usage: ./build.sh [build|test|bench|pack [DIR]|demo|cuda-check]" >&2; exit 2 ;;
+  gpu-check) shift; gpu_check "$@" ;;
+  *) echo "usage: ./build.sh [build|test|bench|pack [DIR]|demo|cuda-check|gpu-check [OUT.json]]" >&2; exit 2 ;;
 esac

@@ -23,6 +23,10 @@ internal static class BenchCommand
         arch.AcceptOnlyFromAmong("gpt2", "gpt_neox", "llama");
         var dtype = new Option<string>("--dtype") { Description = "Parameter dtype", DefaultValueFactory = _ => "float32" };
         dtype.AcceptOnlyFromAmong("float32", "float64", "bfloat16", "float16");
+        var modelDir = new Option<string?>("--model")
+        {
+            Description = "Time this HuggingFace model folder instead of a random one of --arch's shape", HelpName = "MODEL_DIR",
+        };
         var batch = new Option<int>("--batch") { Description = "Sequences per batch", DefaultValueFactory = _ => 4 };
         var seq = new Option<int>("--seq") { Description = "Tokens per sequence", DefaultValueFactory = _ => 128 };
         var reps = new Option<int>("--reps") { Description = "Timed repetitions of each pass (the median is reported)", DefaultValueFactory = _ => 3 };
@@ -38,14 +42,14 @@ internal static class BenchCommand
             "forward_s, run_with_cache_s, fwd_bwd_s, fwd_bwd_all_bwd_hooks_s, tokens, threads; --profile writes where each " +
             "pass spends its time, per operator.")
         {
-            arch, dtype, batch, seq, reps, json, profile,
+            arch, modelDir, dtype, batch, seq, reps, json, profile,
         };
-        command.SetAction(parse => context.Execute(() => Run(context, parse.GetValue(arch)!, parse.GetValue(dtype)!, parse.GetValue(batch),
+        command.SetAction(parse => context.Execute(() => Run(context, parse.GetValue(arch)!, parse.GetValue(modelDir), parse.GetValue(dtype)!, parse.GetValue(batch),
             parse.GetValue(seq), parse.GetValue(reps), parse.GetValue(json), parse.GetValue(profile))));
         return command;
     }
 
-    private static int Run(CliContext context, string arch, string dtypeName, int batch, int seq, int reps, string? jsonPath, string? profileDir)
+    private static int Run(CliContext context, string arch, string? modelDir, string dtypeName, int batch, int seq, int reps, string? jsonPath, string? profileDir)
     {
         var device = CliSupport.ParseDevice(CliSupport.RequestedDevice);
         var dtype = dtypeName switch
@@ -81,10 +85,17 @@ internal static class BenchCommand
                 "gpt_neox" => ("Pythia-160m", RandomCheckpoint.Pythia160m()),
                 _ => ("Llama (12 x 768, 12/4 heads)", RandomCheckpoint.Llama160m()),
             };
-            context.Out.WriteLine($"writing a random {shape}-shaped model to {dir}");
-            RandomCheckpoint.Write(dir, config, seed: 0);
+            if (modelDir is null)
+            {
+                context.Out.WriteLine($"writing a random {shape}-shaped model to {dir}");
+                RandomCheckpoint.Write(dir, config, seed: 0);
+            }
+            else
+            {
+                arch = Path.GetFileName(Path.GetFullPath(modelDir).TrimEnd('/'));
+            }
             using var scope = Torch.NewScope();
-            using var bridge = TransformerBridge.Load(dir, new BridgeOptions { DType = dtype, Device = device });
+            using var bridge = CliSupport.LoadBridge(modelDir ?? dir, new BridgeOptions { DType = dtype, Device = device });
             if (seq > bridge.Config.NCtx) throw new CliException($"--seq {seq} exceeds the model's context of {bridge.Config.NCtx}");
             using var generator = new Generator(1);
             var tokens = Torch.RandInt(0, bridge.Config.DVocab, [batch, seq], generator).To(device);

@@ -25,22 +25,26 @@ internal static class GenerateCommand
         var prependBos = new Option<bool>("--prepend-bos") { Description = "With --text: put the tokenizer's BOS token first" };
         var dtype = new Option<string>("--dtype") { Description = "Parameter dtype", DefaultValueFactory = _ => "float32" };
         dtype.AcceptOnlyFromAmong("float32", "float64");
+        var noKvCache = new Option<bool>("--no-kv-cache")
+        {
+            Description = "Rerun the whole sequence every step instead of keeping a key/value cache (hooks then see every position each step)",
+        };
         var command = new Command("generate",
             "Generate tokens after a prompt (HuggingFace sampling: temperature, then top-k, then top-p; temperature 0 is greedy). " +
             "Prints 'tokens:' (prompt and new ids), 'new_tokens:', and with a tokenizer 'text:' (the prompt and the decoded new tokens). " +
-            "Each step reruns the whole sequence (no key/value cache).")
+            "A key/value cache runs only the new position each step after the first (--no-kv-cache reruns the whole sequence).")
         {
-            modelDir, text, tokens, maxNew, temperature, topK, topP, seed, stop, prependBos, dtype,
+            modelDir, text, tokens, maxNew, temperature, topK, topP, seed, stop, prependBos, dtype, noKvCache,
         };
         command.SetAction(parse => context.Execute(() => Run(context, new Settings(
             parse.GetValue(modelDir)!, parse.GetValue(text), parse.GetValue(tokens), parse.GetValue(maxNew), parse.GetValue(temperature),
             parse.GetValue(topK), parse.GetValue(topP), parse.GetValue(seed), parse.GetValue(stop), parse.GetValue(prependBos),
-            CliSupport.ParseDType(parse.GetValue(dtype))))));
+            CliSupport.ParseDType(parse.GetValue(dtype)), !parse.GetValue(noKvCache)))));
         return command;
     }
 
     private sealed record Settings(string ModelDir, string? Text, string? Tokens, int MaxNewTokens, double Temperature, int? TopK, double? TopP,
-        ulong? Seed, int? StopToken, bool PrependBos, ScalarType DType);
+        ulong? Seed, int? StopToken, bool PrependBos, ScalarType DType, bool KeyValueCache);
 
     private static int Run(CliContext context, Settings s)
     {
@@ -86,7 +90,8 @@ internal static class GenerateCommand
         if (s.StopToken is { } stop && (stop < 0 || stop >= bridge.Config.DVocab))
             throw new CliException($"--stop-token {stop} is outside the vocabulary [0, {bridge.Config.DVocab})");
 
-        var output = bridge.Generate(Torch.FromArray(prompt, 1, prompt.Length), s.MaxNewTokens, s.Temperature, s.TopK, s.TopP, s.Seed, s.StopToken);
+        var output = bridge.Generate(Torch.FromArray(prompt, 1, prompt.Length), s.MaxNewTokens, s.Temperature, s.TopK, s.TopP, s.Seed, s.StopToken,
+            useKeyValueCache: s.KeyValueCache);
         var all = output.ToArray<long>();
         var generated = all.Skip(prompt.Length).ToArray();
         context.Out.WriteLine("tokens: " + string.Join(",", all));

@@ -15,7 +15,9 @@ cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 SRC=native/cuda
 OUT=build/cuda-check
-ARCHS=(70 80 90)
+# Wanted architectures (CUDA_ARCHS overrides, e.g. CUDA_ARCHS="90"); those the found nvcc does not know are dropped below
+# (CUDA 13 no longer builds sm_70).
+read -r -a ARCHS <<<"${CUDA_ARCHS:-70 80 90}"
 
 install=0
 for arg in "$@"; do
@@ -69,6 +71,18 @@ EOF
 fi
 NVCC_VERSION=$("$NVCC_BIN" --version | sed -n 's/.*release \([0-9.]*\), V\([0-9.]*\).*/\2/p')
 mkdir -p "$OUT"
+# Keep the wanted architectures this nvcc supports (--list-gpu-arch: compute_NN per line).
+if supported=$("$NVCC_BIN" --list-gpu-arch 2>/dev/null) && [ -n "$supported" ]; then
+  kept=()
+  for a in "${ARCHS[@]}"; do
+    if grep -qx "compute_$a" <<<"$supported"; then kept+=("$a"); else log "nvcc $NVCC_VERSION does not support sm_$a: skipped"; fi
+  done
+  ARCHS=("${kept[@]}")
+fi
+if [ ${#ARCHS[@]} -eq 0 ]; then
+  echo "cuda check: nvcc $NVCC_VERSION supports none of the wanted architectures (${CUDA_ARCHS:-70 80 90}); set CUDA_ARCHS"
+  exit 1
+fi
 
 # nvcc only accepts host compilers up to a version (gcc 11 and clang 14 for CUDA 11.8): take the first candidate
 # that compiles a probe, so a newer default g++ does not stop the check.
@@ -107,11 +121,13 @@ compile_cu "$SRC/tests/attention_cuda_test.cu" "$OUT/attention_cuda_test.o"
 CXX_BIN=${CXX:-g++}
 CUDA_INCLUDE=$(cd "$(dirname "$NVCC_BIN")/.." && pwd)/include
 [ -f "$CUDA_INCLUDE/cuda_runtime_api.h" ] || CUDA_INCLUDE=/usr/include
-GLUE_FLAGS=(-std=c++17 -O2 -fPIC -Wall -Wextra -Werror -I "$SRC" -I /usr/include -I /usr/include/torch/csrc/api/include
-  -I "$CUDA_INCLUDE")
+# Warnings are errors in our code only: libtorch's and CUDA's headers are system headers (-isystem), whose own
+# warnings (unused parameters in libtorch 2.x's c10/cuda headers) are not ours to fix.
+GLUE_FLAGS=(-std=c++17 -O2 -fPIC -Wall -Wextra -Werror -I "$SRC")
 if [ -n "${SHARPLENS_LIBTORCH:-}" ]; then
-  GLUE_FLAGS+=(-I "$SHARPLENS_LIBTORCH/include" -I "$SHARPLENS_LIBTORCH/include/torch/csrc/api/include")
+  GLUE_FLAGS+=(-isystem "$SHARPLENS_LIBTORCH/include" -isystem "$SHARPLENS_LIBTORCH/include/torch/csrc/api/include")
 fi
+GLUE_FLAGS+=(-isystem /usr/include/torch/csrc/api/include -isystem "$CUDA_INCLUDE")
 # A CPU-only libtorch ships the c10/cuda headers without the header CMake generates for them; a CUDA build has it.
 if ! echo '#include <c10/cuda/impl/cuda_cmake_macros.h>' | "$CXX_BIN" "${GLUE_FLAGS[@]}" -x c++ -fsyntax-only - 2>/dev/null; then
   GLUE_FLAGS+=(-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE)

@@ -211,8 +211,8 @@ public static class VerificationSuite
                 maxAbs = double.PositiveInfinity;
                 continue;
             }
-            var e = expected.To(ScalarType.Float64);
-            var a = actual.To(ScalarType.Float64);
+            var e = expected.To(Device.CPU, ScalarType.Float64);  // one device for the comparison, whichever each side ran on
+            var a = actual.To(Device.CPU, ScalarType.Float64);
             var sameInf = e.IsFinite().LogicalNot().LogicalAnd(e.Eq(a));
             var diff = (e - a).Abs().MaskedFill(sameInf, 0);
             var abs = diff.NumEl == 0 ? 0 : diff.Max().ToDouble();
@@ -254,7 +254,7 @@ public static class VerificationSuite
                 continue;
             }
             var mapped = Torch.Autograd.Grad([total], [probe])[0]!;
-            pairs.Add((hfName, mapped, param.Grad ?? Torch.Zeros(param.Shape, param.DType)));
+            pairs.Add((hfName, mapped, param.Grad ?? Torch.Zeros(param.Shape, param.DType, param.Device)));
         }
         return Compare(name, Severity.Danger, pairs, tol, "");
     }
