@@ -38,6 +38,29 @@ public static unsafe class Torch
         set => NativeStatus.Check(NativeMethods.sl_set_num_threads(value));
     }
 
+    /// <summary>
+    /// Sets this thread's parallel width (the OpenMP team size of libtorch's and OpenBLAS's parallel regions) until the
+    /// returned scope is disposed, which restores the previous width. Unlike <see cref="NumThreads"/> it does not rebuild
+    /// libtorch's other thread pools, so it is cheap enough to wrap a single small pass.
+    /// </summary>
+    public static IDisposable ParallelWidth(int threads)
+    {
+        NativeStatus.Check(NativeMethods.sl_set_parallel_width(threads, out var previous));
+        return new ParallelWidthScope(previous);
+    }
+
+    private sealed class ParallelWidthScope(int previous) : IDisposable
+    {
+        private bool _disposed;
+
+        public void Dispose()
+        {
+            if (_disposed) return;
+            _disposed = true;
+            NativeStatus.Check(NativeMethods.sl_set_parallel_width(previous, out _));
+        }
+    }
+
     /// <summary>The thread count the engine starts with: <c>SHARPLENS_NUM_THREADS</c> if set, else the core count.</summary>
     internal static int DefaultThreadCount()
     {

@@ -72,6 +72,9 @@ SL_API int64_t sl_last_managed_exception(void);
 SL_API sl_status sl_init(sl_release_fn release, int32_t num_threads);
 SL_API sl_status sl_set_num_threads(int32_t num_threads);
 SL_API sl_status sl_get_num_threads(int32_t* out);
+/* Sets the calling thread's parallel width (OpenMP team size: libtorch's and OpenBLAS's parallel regions) without
+ * rebuilding libtorch's other thread pools, and returns the previous width: cheap enough to scope one small pass. */
+SL_API sl_status sl_set_parallel_width(int32_t threads, int32_t* previous);
 /* Number of sl_tensor handles alive (created and not yet freed). */
 SL_API int64_t sl_live_tensors(void);
 SL_API sl_status sl_manual_seed(uint64_t seed);

@@ -36,7 +36,7 @@ internal static unsafe partial class NativeLibraryLoader
     private static nint Resolve(string libraryName, Assembly assembly, DllImportSearchPath? searchPath)
     {
         if (libraryName != NativeMethods.Library) return 0;
-        DefaultToPassiveOpenMpWaiting();
+        DefaultToShortOpenMpSpinning();
         PreloadLibtorch();
         var failures = new List<string>();
         string? diagnosis = null;
@@ -64,18 +64,21 @@ internal static unsafe partial class NativeLibraryLoader
     private static partial int SetEnv(string name, string value, int overwrite);
 
     /// <summary>
-    /// Idle OpenMP threads (libtorch's and OpenBLAS's, one libgomp pool) spin by default while they wait for work. On a
-    /// shared machine the spinning fights every other process for the cores: measured on this project's 2-core machine with
-    /// two busy processes beside it, a tiny forward took 27–231 ms instead of 1.2–1.6 ms. Passive waiting (threads sleep)
-    /// keeps it within a few times its idle cost. libgomp reads <c>OMP_WAIT_POLICY</c> once, when it is loaded with libtorch,
-    /// so it is set here, in the native environment (.NET's Environment.SetEnvironmentVariable does not reach native
-    /// code), before libsharplens loads; a value the user set wins.
+    /// How long idle OpenMP threads (libtorch's and OpenBLAS's, one libgomp pool) spin before they sleep. libgomp's default
+    /// spins long; on a shared machine the spinning fights every other process for the cores. Measured on this project's
+    /// 2-core machine, GPT-2-small shape at [1, 128], forward (two busy processes beside it / idle): libgomp's default
+    /// 3.09 s / 0.30 s, OMP_WAIT_POLICY=ACTIVE 3.00 s / 0.29 s, PASSIVE 1.41 s / 0.59 s, GOMP_SPINCOUNT=20000 1.98 s / 0.26 s.
+    /// Passive waiting halves the idle speed (a wake-up per parallel region); a short spin keeps it and gives back a third
+    /// under load, so that is the default. (Passes too small to split run on one thread anyway: <c>HookedModel</c>.)
+    /// libgomp reads these once, when it is loaded with libtorch, so they are set here, in the native environment (.NET's
+    /// Environment.SetEnvironmentVariable does not reach native code), before libsharplens loads; a value the user set wins.
     /// </summary>
-    private static void DefaultToPassiveOpenMpWaiting()
+    private static void DefaultToShortOpenMpSpinning()
     {
         try
         {
-            _ = SetEnv("OMP_WAIT_POLICY", "PASSIVE", overwrite: 0);
+            if (Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") is null)
+                _ = SetEnv("GOMP_SPINCOUNT", "20000", overwrite: 0);
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {

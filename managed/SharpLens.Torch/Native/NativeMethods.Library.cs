@@ -22,6 +22,7 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)] internal static partial long sl_live_tensors();
     [LibraryImport(Library)] internal static partial int sl_manual_seed(ulong seed);
     [LibraryImport(Library)] internal static partial int sl_cuda_is_available(out int value);
+    [LibraryImport(Library)] internal static partial int sl_set_parallel_width(int threads, out int previous);
     [LibraryImport(Library)] internal static partial int sl_grad_mode_set(int enabled, out int previous);
     [LibraryImport(Library)] internal static partial int sl_grad_mode_is_enabled(out int value);
     [LibraryImport(Library)] internal static partial int sl_generator_new(ulong seed, out nint generator);

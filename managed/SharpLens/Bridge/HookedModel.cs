@@ -226,6 +226,7 @@ public abstract class HookedModel : IDisposable
     {
         ThrowIfDisposed();
         var outer = DisposeScope.Current;
+        using var threads = ThreadsFor(tokens);
         using var scope = Torch.NewScope();
         var logits = RunModel(OnModelDevice(tokens), attentionMask is null ? null : OnModelDevice(attentionMask));
         return outer is null ? logits.DetachFromScope() : logits.MoveToOuterScope();
@@ -239,6 +240,7 @@ public abstract class HookedModel : IDisposable
     {
         ThrowIfDisposed();
         var outer = DisposeScope.Current;
+        using var threads = ThreadsFor(tokens);
         using var scope = Torch.NewScope();
         (tokens, attentionMask) = (OnModelDevice(tokens), attentionMask is null ? null : OnModelDevice(attentionMask));
         var logits = RunModel(tokens, attentionMask);
@@ -257,6 +259,30 @@ public abstract class HookedModel : IDisposable
         using var scope = Torch.NewScope();
         return LossFromLogits(logits.To(ScalarType.Float32), tokens, attentionMask, perToken).MoveToOuterScope();
     }
+
+    /// <summary>
+    /// Below this many floating-point operations a forward pass runs on one intra-op thread. Measured on this project's
+    /// 2-core machine (tiny-gpt2, lens bench --model): idle, [1, 64] tokens (about 26 MFLOP) took 1.17 ms on one thread and
+    /// 1.55 ms on two, [4, 128] (about 200 MFLOP) 6.6 ms and 5.8 ms; with two other processes busy on both cores, two
+    /// threads took 8–152 ms for [1, 64] (every parallel region waits for a descheduled thread) and one thread 1.3 ms.
+    /// </summary>
+    public const double SmallPassFlops = 100e6;
+
+    /// <summary>
+    /// For a pass too small to split (about 2 × tokens × parameters below <see cref="SmallPassFlops"/>), drops libtorch's
+    /// intra-op threads (and so OpenBLAS's, one OpenMP pool) to one until disposed; null otherwise. On a shared machine a
+    /// small pass then never waits on another thread.
+    /// </summary>
+    private protected IDisposable? ThreadsFor(Tensor tokens)
+    {
+        if (Config.Device.Type != DeviceType.CPU) return null;
+        var threads = Torch.NumThreads;
+        if (threads <= 1 || 2.0 * tokens.NumEl * ParameterCount >= SmallPassFlops) return null;
+        return Torch.ParallelWidth(1);
+    }
+
+    /// <summary>The number of parameters (elements), for sizing a pass's work.</summary>
+    protected abstract long ParameterCount { get; }
 
     /// <summary>
     /// Inputs on the model's device: token ids and masks given on another device (the CPU, typically) are copied there, in

@@ -52,6 +52,7 @@ public sealed partial class TransformerBridge
         ThrowIfDisposed();
         ArgumentNullException.ThrowIfNull(cache);
         var outer = DisposeScope.Current;
+        using var threads = ThreadsFor(tokens);
         using var scope = Torch.NewScope();
         var logits = RunModel(OnModelDevice(tokens), null, cache);
         return outer is null ? logits.DetachFromScope() : logits.MoveToOuterScope();

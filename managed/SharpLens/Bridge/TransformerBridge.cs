@@ -75,6 +75,9 @@ public sealed partial class TransformerBridge : HookedModel
         return _parameters.Select(p => (p.Key, p.Value)).ToList();
     }
 
+    /// <inheritdoc/>
+    protected override long ParameterCount => _parameters.Values.Sum(p => p.NumEl);
+
     /// <summary>The leaf parameters (see <see cref="NamedParameters"/>).</summary>
     public IReadOnlyList<Tensor> Parameters() => _parameters.Values.ToList();
 

@@ -102,6 +102,9 @@ public sealed class HookedTransformer : HookedModel
         return FromBridge(bridge, processing);
     }
 
+    /// <inheritdoc/>
+    protected override long ParameterCount => _weights.Values.Sum(w => w.NumEl);
+
     /// <summary>The weight processing applied.</summary>
     public WeightProcessing Processing { get; }
 

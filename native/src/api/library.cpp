@@ -1,4 +1,5 @@
 // Library-wide state: errors, init, threads, seeds, generators, grad mode.
+#include <omp.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
@@ -109,6 +110,16 @@ sl_status sl_set_num_threads(int32_t num_threads) {
   SL_TRY
   if (num_threads <= 0) throw sl::ArgumentError("thread count must be positive, got " + std::to_string(num_threads));
   at::set_num_threads(num_threads);
+  SL_CATCH
+}
+
+sl_status sl_set_parallel_width(int32_t threads, int32_t* previous) {
+  SL_TRY
+  if (threads <= 0) throw sl::ArgumentError("thread count must be positive, got " + std::to_string(threads));
+  // The calling thread's OpenMP team size, which libtorch's parallel regions and OpenBLAS's (one libgomp pool) use.
+  // at::set_num_threads would also rebuild libtorch's pthreadpool, costing milliseconds per call on a busy machine.
+  SL_OUT(previous) = omp_get_max_threads();
+  omp_set_num_threads(threads);
   SL_CATCH
 }
 
