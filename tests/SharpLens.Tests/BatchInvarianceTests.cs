@@ -7,14 +7,7 @@ namespace SharpLens.Tests;
 /// on the left (positions come from the attention mask, padded keys are masked). Peers have shipped
 /// silently wrong left-padded GPT-2 batches; this guards against it for both position schemes.
 /// </summary>
-[TestFixture("tiny-gpt2")]
-[TestFixture("tiny-pythia")]
-[TestFixture("tiny-llama")]
-[TestFixture("tiny-qwen2")]
-[TestFixture("tiny-mistral")]
-[TestFixture("tiny-gemma")]
-[TestFixture("tiny-gemma2")]
-[TestFixture("tiny-phi3")]
+[TestFixtureSource(typeof(Fixtures), nameof(Fixtures.AllModels))]
 public class BatchInvarianceTests(string model)
 {
     private const int Short = 7, Long = 12;

@@ -9,14 +9,7 @@ namespace SharpLens.Tests;
 /// float64 (a few float32 roundings per accumulated term, TF32 off), float64 on CUDA within 1e-10 (summation order only).
 /// </summary>
 [Category("CUDA")]
-[TestFixture("tiny-gpt2")]
-[TestFixture("tiny-pythia")]
-[TestFixture("tiny-llama")]
-[TestFixture("tiny-qwen2")]
-[TestFixture("tiny-mistral")]
-[TestFixture("tiny-gemma")]
-[TestFixture("tiny-gemma2")]
-[TestFixture("tiny-phi3")]
+[TestFixtureSource(typeof(Fixtures), nameof(Fixtures.AllModels))]
 public class CudaTests(string model) : FixtureTest(model)
 {
     [SetUp]

@@ -3,14 +3,7 @@ using SharpLens.Tensors.IO;
 namespace SharpLens.Tests;
 
 /// <summary>Half-precision forward on CPU, float64, and To(device, dtype) keeping config and parameters in sync.</summary>
-[TestFixture("tiny-gpt2")]
-[TestFixture("tiny-pythia")]
-[TestFixture("tiny-llama")]
-[TestFixture("tiny-qwen2")]
-[TestFixture("tiny-mistral")]
-[TestFixture("tiny-gemma")]
-[TestFixture("tiny-gemma2")]
-[TestFixture("tiny-phi3")]
+[TestFixtureSource(typeof(Fixtures), nameof(Fixtures.AllModels))]
 public class DTypeTests(string model) : FixtureTest(model)
 {
     // bfloat16 keeps 8 significant bits (relative step 2^-8), float16 11 (2^-11); the logits here are O(1),

@@ -17,12 +17,7 @@ namespace SharpLens.Tests;
 /// of ours must lie within half a float32 ulp of the reference value (plus 1e-12 for float64 rounding), and the loss,
 /// computed in float32 from those logits, equals the reference's.
 /// </summary>
-[TestFixture("tiny-llama")]
-[TestFixture("tiny-qwen2")]
-[TestFixture("tiny-mistral")]
-[TestFixture("tiny-gemma")]
-[TestFixture("tiny-gemma2")]
-[TestFixture("tiny-phi3")]
+[TestFixtureSource(typeof(Fixtures), nameof(Fixtures.LlamaFamily))]
 public class FamilyFixtureTests(string model) : FixtureTest(model)
 {
     private const double Tolerance = 1e-4;

@@ -29,6 +29,13 @@ internal static class Fixtures
         return dir?.FullName;
     }
 
+    /// <summary>Every fixture model (a <c>TestFixtureSource</c> for tests that hold for all eight).</summary>
+    public static readonly string[] AllModels =
+        ["tiny-gpt2", "tiny-pythia", "tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-gemma", "tiny-gemma2", "tiny-phi3"];
+
+    /// <summary>The six Llama-family fixtures.</summary>
+    public static readonly string[] LlamaFamily = AllModels[2..];
+
     /// <summary>tests/fixtures/NAME.</summary>
     public static string Path(string name) => System.IO.Path.Combine(RepoRoot, "tests", "fixtures", name);
 }

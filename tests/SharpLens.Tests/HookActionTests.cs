@@ -4,14 +4,7 @@ namespace SharpLens.Tests;
 /// Built-in hook actions on the bridge: each is compared with the same effect written as a user callback (which the
 /// earlier suites check against the fixtures), plus ordering with callbacks, errors, and native gradient capture.
 /// </summary>
-[TestFixture("tiny-gpt2")]
-[TestFixture("tiny-pythia")]
-[TestFixture("tiny-llama")]
-[TestFixture("tiny-qwen2")]
-[TestFixture("tiny-mistral")]
-[TestFixture("tiny-gemma")]
-[TestFixture("tiny-gemma2")]
-[TestFixture("tiny-phi3")]
+[TestFixtureSource(typeof(Fixtures), nameof(Fixtures.AllModels))]
 public class HookActionTests(string model) : FixtureTest(model)
 {
     private static Tensor LastLogitsSum(Tensor logits) => logits.Select(1, -1).Sum();

@@ -8,14 +8,7 @@ namespace SharpLens.Tests;
 /// meta fail if anything the forward pass creates (positions, masks, rotary tables, constants, indices) lands on the CPU.
 /// The custom kernels run on CPU tensors only; on meta (as on a GPU without its kernels) the composition takes over.
 /// </summary>
-[TestFixture("tiny-gpt2")]
-[TestFixture("tiny-pythia")]
-[TestFixture("tiny-llama")]
-[TestFixture("tiny-qwen2")]
-[TestFixture("tiny-mistral")]
-[TestFixture("tiny-gemma")]
-[TestFixture("tiny-gemma2")]
-[TestFixture("tiny-phi3")]
+[TestFixtureSource(typeof(Fixtures), nameof(Fixtures.AllModels))]
 public class MetaDeviceTests(string model)
 {
     private TransformerBridge LoadOnMeta(bool allOptional = false)

@@ -20,14 +20,7 @@ namespace SharpLens.Tests;
 /// parameter is bounded by the fixture's own gradient magnitudes, so they are held to the same 1e-4 as every other
 /// float32 forward quantity, a bound that the float64 check makes meaningful.
 /// </summary>
-[TestFixture("tiny-gpt2")]
-[TestFixture("tiny-pythia")]
-[TestFixture("tiny-llama")]
-[TestFixture("tiny-qwen2")]
-[TestFixture("tiny-mistral")]
-[TestFixture("tiny-gemma")]
-[TestFixture("tiny-gemma2")]
-[TestFixture("tiny-phi3")]
+[TestFixtureSource(typeof(Fixtures), nameof(Fixtures.AllModels))]
 public class OptimizerFixtureTests(string model) : FixtureTest(model)
 {
     private const double Lr = 1e-3, WeightDecay = 0.01, Beta1 = 0.9, Beta2 = 0.999;

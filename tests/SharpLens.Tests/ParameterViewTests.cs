@@ -8,14 +8,7 @@ namespace SharpLens.Tests;
 /// TransformerLens-named weights built as views of them, checked element by element against the HF layouts,
 /// live through in-place writes and optimizer steps; and that disposing the bridge frees the parameters.
 /// </summary>
-[TestFixture("tiny-gpt2")]
-[TestFixture("tiny-pythia")]
-[TestFixture("tiny-llama")]
-[TestFixture("tiny-qwen2")]
-[TestFixture("tiny-mistral")]
-[TestFixture("tiny-gemma")]
-[TestFixture("tiny-gemma2")]
-[TestFixture("tiny-phi3")]
+[TestFixtureSource(typeof(Fixtures), nameof(Fixtures.AllModels))]
 public class ParameterViewTests(string model)
 {
     // The fixture's sizes, from its config.json (Gemma's head_dim 24 is not d_model / n_heads).

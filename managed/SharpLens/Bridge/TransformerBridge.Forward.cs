@@ -253,13 +253,7 @@ public sealed partial class TransformerBridge
     private int KvHeadsAtHooks => Config.UngroupGroupedQueryAttention ? Config.NHeads : Config.NKeyValueHeads;
 
     /// <summary>Repeats each key/value head for the query heads of its group (torch.repeat_interleave over the head dimension).</summary>
-    private Tensor Ungroup(Tensor kv)
-    {
-        var group = Config.NHeads / Config.NKeyValueHeads;
-        if (group == 1) return kv;
-        var (b, p, n, d) = (kv.Size(0), kv.Size(1), kv.Size(2), kv.Size(3));
-        return kv.Unsqueeze(3).Expand(b, p, n, group, d).Reshape(b, p, n * group, d);
-    }
+    private Tensor Ungroup(Tensor kv) => HeadGroups.RepeatInterleave(kv, 2, Config.NHeads / Config.NKeyValueHeads);
 
     private Tensor Attention(int i, Tensor resid, Tensor? rotary, Tensor? attentionMask)
     {
@@ -384,18 +378,7 @@ public sealed partial class TransformerBridge
     }
 
     /// <summary>Repeats a per-head weight [kv_head, ...] for the query heads of each group.</summary>
-    private Tensor UngroupWeight(Tensor w)
-    {
-        var group = Config.NHeads / Config.NKeyValueHeads;
-        var shape = w.Shape;
-        var expanded = new long[shape.Length + 1];
-        expanded[0] = shape[0];
-        expanded[1] = group;
-        Array.Copy(shape, 1, expanded, 2, shape.Length - 1);
-        var merged = (long[])shape.Clone();
-        merged[0] = shape[0] * group;
-        return w.Unsqueeze(1).Expand(expanded).Reshape(merged);
-    }
+    private Tensor UngroupWeight(Tensor w) => HeadGroups.RepeatInterleave(w, 0, Config.NHeads / Config.NKeyValueHeads);
 
     /// <summary>
     /// The TL-layout q/k/v weights [head, d_model, d_head] (k and v with the key/value heads) and biases [head, d_head], as

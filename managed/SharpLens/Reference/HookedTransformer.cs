@@ -224,19 +224,8 @@ public sealed class HookedTransformer : HookedModel
     }
 
     /// <summary>Repeats each key/value head's rows for the query heads of its group (torch.repeat_interleave along dim 0).</summary>
-    private static Tensor RepeatKvHeads(Tensor perKvHead, TransformerConfig cfg)
-    {
-        var group = cfg.NHeads / cfg.NKeyValueHeads;
-        if (group == 1) return perKvHead;
-        var shape = perKvHead.Shape;
-        var expanded = new long[shape.Length + 1];
-        expanded[0] = shape[0];
-        expanded[1] = group;
-        Array.Copy(shape, 1, expanded, 2, shape.Length - 1);
-        var merged = (long[])shape.Clone();
-        merged[0] *= group;
-        return perKvHead.Unsqueeze(1).Expand(expanded).Reshape(merged);
-    }
+    private static Tensor RepeatKvHeads(Tensor perKvHead, TransformerConfig cfg) =>
+        HeadGroups.RepeatInterleave(perKvHead, 0, cfg.NHeads / cfg.NKeyValueHeads);
 
     // ------------------------------------------------------------------ forward
 
@@ -335,8 +324,8 @@ public sealed class HookedTransformer : HookedModel
         // Grouped-query attention: each key/value head serves its group of query heads.
         if (k.Size(2) != Config.NHeads)
         {
-            k = RepeatKvHeads(k.Transpose(0, 2), Config).Transpose(0, 2);
-            v = RepeatKvHeads(v.Transpose(0, 2), Config).Transpose(0, 2);
+            k = HeadGroups.RepeatInterleave(k, 2, Config.NHeads / Config.NKeyValueHeads);
+            v = HeadGroups.RepeatInterleave(v, 2, Config.NHeads / Config.NKeyValueHeads);
         }
         var scores = Torch.Einsum("bqhd,bkhd->bhqk", q, k) * Config.EffectiveAttentionScale;
         if (Config.AttentionSoftCap > 0) scores = (scores / Config.AttentionSoftCap).Tanh() * Config.AttentionSoftCap;
