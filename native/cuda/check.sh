@@ -127,7 +127,10 @@ GLUE_FLAGS=(-std=c++17 -O2 -fPIC -Wall -Wextra -Werror -I "$SRC")
 if [ -n "${SHARPLENS_LIBTORCH:-}" ]; then
   GLUE_FLAGS+=(-isystem "$SHARPLENS_LIBTORCH/include" -isystem "$SHARPLENS_LIBTORCH/include/torch/csrc/api/include")
 fi
-GLUE_FLAGS+=(-isystem /usr/include/torch/csrc/api/include -isystem "$CUDA_INCLUDE")
+GLUE_FLAGS+=(-isystem /usr/include/torch/csrc/api/include)
+# /usr/include is a system directory already; naming it again with -isystem would reorder it after libstdc++'s own
+# headers and break their #include_next (Debian's CUDA headers live there).
+[ "$CUDA_INCLUDE" != /usr/include ] && GLUE_FLAGS+=(-isystem "$CUDA_INCLUDE")
 # A CPU-only libtorch ships the c10/cuda headers without the header CMake generates for them; a CUDA build has it.
 if ! echo '#include <c10/cuda/impl/cuda_cmake_macros.h>' | "$CXX_BIN" "${GLUE_FLAGS[@]}" -x c++ -fsyntax-only - 2>/dev/null; then
   GLUE_FLAGS+=(-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE)

@@ -10,7 +10,7 @@
 
 #include <ATen/ATen.h>
 
-#include "kernels/attention_rule.h"
+#include "../src/kernels/attention_rule.h"  // relative: the glue also compiles without native/src on the path (check.sh)
 
 #include <string>
 #include <tuple>
