@@ -78,7 +78,7 @@ public class ModelFuzzTests
         var image = SafeTensorsImage.Read(CheckpointPath);
         var shapes = image.Entries.ToDictionary(e => e.Name, e => e.Shape);
         var (loaded, refused) = (0, 0);
-        Fuzz.Check(HeaderMutations.For(image), cases: 120, seed: SeedOf(model), mutation =>
+        Fuzz.Check(HeaderMutations.For(image), cases: 200, seed: SeedOf(model), mutation =>
         {
             var bytes = mutation.Apply(image);
             var verdict = SafeTensorsSpec.Check(bytes);
@@ -120,7 +120,7 @@ public class ModelFuzzTests
         var original = FixtureConfig(model);
         var table = HfConfigDefaults.Fields[original["model_type"]!.GetValue<string>()];
         var fields = original.Select(p => p.Key).Where(k => k != "model_type").Select(k => table[k]).ToArray();
-        Fuzz.Check(ConfigEdits.Deletions(original, fields), cases: 60, seed: SeedOf(model) + 1, edit => CheckConfigEdit(edit, null));
+        Fuzz.Check(ConfigEdits.Deletions(original, fields), cases: 100, seed: SeedOf(model) + 1, edit => CheckConfigEdit(edit, null));
     }
 
     /// <summary>Edits of every kind (<see cref="ConfigEdits"/>), each with the outcome its meaning requires.</summary>
@@ -132,7 +132,7 @@ public class ModelFuzzTests
         var originalConfig = LoadOutcome.Of(_dir, "the unedited fixture", null, forward: true);
         Assert.That(originalConfig.Loaded, Is.True, "the fixture loads");
         var counts = new Dictionary<bool, int> { [true] = 0, [false] = 0 };
-        Fuzz.Check(ConfigEdits.For(original), cases: 200, seed: SeedOf(model) + 2, edit => counts[CheckConfigEdit(edit, originalConfig.Config)]++);
+        Fuzz.Check(ConfigEdits.For(original), cases: 300, seed: SeedOf(model) + 2, edit => counts[CheckConfigEdit(edit, originalConfig.Config)]++);
         TestContext.Out.WriteLine($"{model}: {counts[true]} edited configs loaded, {counts[false]} refused by name");
         Assert.That(counts[true], Is.GreaterThanOrEqualTo(10), "loads among the edits");
         Assert.That(counts[false], Is.GreaterThanOrEqualTo(50), "refusals among the edits");

@@ -351,7 +351,7 @@ public abstract class ArchitectureAdapter
     {
         if (!config.TryGetProperty(field, out var v) || v.ValueKind == JsonValueKind.Null) return null;
         if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out var i))
-            throw new ModelLoadException(path, $"config field '{field}' must be an integer, got {v.ValueKind}");
+            throw new ModelLoadException(path, $"config field '{field}' must be an integer, got {(v.ValueKind == JsonValueKind.Number ? v.GetRawText() : v.ValueKind)}");
         return i >= 1 ? i : throw new ModelLoadException(path, $"config field '{field}' must be a positive integer, got {i}");
     }
 
@@ -436,12 +436,12 @@ public abstract class ArchitectureAdapter
             "llama3" => RopeType.Llama3,
             "longrope" or "su" => RopeType.LongRope,
             _ => throw new ModelLoadException(path, $"rope_scaling type '{name}' is not supported; supported here: " +
-                                                    string.Join(", ", allowed.Select(a => a.ToString().ToLowerInvariant()))),
+                                                    Supported(allowed)),
         };
         if (type is null) return null;
         if (!allowed.Contains(type.Value))
             throw new ModelLoadException(path, $"rope_scaling type '{name}' is not supported for this model type; supported here: " +
-                                               string.Join(", ", allowed.Select(a => a.ToString().ToLowerInvariant())));
+                                               Supported(allowed));
         double Factor() => rs.TryGetProperty("factor", out var f) && f.ValueKind == JsonValueKind.Number && FiniteNumber(f, "rope_scaling 'factor'", path) > 0
             ? f.GetDouble()
             : throw new ModelLoadException(path, $"rope_scaling '{name}' needs a positive 'factor'");
@@ -477,6 +477,9 @@ public abstract class ArchitectureAdapter
             },
         };
     }
+
+    private static string Supported(IReadOnlyCollection<RopeType> allowed) =>
+        allowed.Count == 0 ? "none (this model type has no rope scaling)" : string.Join(", ", allowed.Select(a => a.ToString().ToLowerInvariant()));
 
     /// <summary>Maps an HF activation name.</summary>
     protected static ActivationFunction ParseActivation(string name, string field, string path) => name switch
