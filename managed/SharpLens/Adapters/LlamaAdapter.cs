@@ -5,7 +5,4 @@ public sealed class LlamaAdapter : LlamaStyleAdapter
 {
     /// <inheritdoc/>
     public override string ModelType => "llama";
-
-    /// <inheritdoc/>
-    protected override int DefaultMaxPositions => 2048;
 }

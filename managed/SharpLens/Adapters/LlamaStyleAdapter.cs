@@ -57,12 +57,12 @@ public abstract class LlamaStyleAdapter : ArchitectureAdapter
     /// <summary>Whether ToTokens prepends BOS by default (TransformerLens's prepend_bos for the family).</summary>
     protected virtual bool PrependsBos => true;
 
-    // Defaults of fields config.json may leave out: those of the family's config class in transformers 4.44.2, so that a
-    // config without a field means what HuggingFace makes of it.
+    // Defaults of fields config.json may leave out: those of the family's config class in transformers 4.44.2 (here
+    // LlamaConfig's), so that a config without a field means what HuggingFace makes of it.
     /// <summary><c>rms_norm_eps</c> when absent.</summary>
     protected virtual double DefaultNormEps => 1e-6;
     /// <summary><c>max_position_embeddings</c> when absent.</summary>
-    protected abstract int DefaultMaxPositions { get; }
+    protected virtual int DefaultMaxPositions => 2048;
     /// <summary><c>head_dim</c> when absent (null: hidden_size / num_attention_heads).</summary>
     protected virtual int? DefaultHeadDim => null;
     /// <summary><c>sliding_window</c> when absent (null: none; an explicit null is always none).</summary>

@@ -314,7 +314,6 @@ internal static class HeaderMutations
 
     private static Gen<EditStep> AnyStep(SafeTensorsImage image)
     {
-        var names = image.Entries.Select(e => e.Name).ToArray();
         var original = image.ParseHeader();
         var entry = Gen.Elements(image.Entries.ToArray());
         var pair = Gen.Two(entry).Where(p => p.Item1.Name != p.Item2.Name);
