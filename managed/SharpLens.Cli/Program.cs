@@ -142,16 +142,36 @@ public sealed class CliContext(TextWriter stdout, TextWriter stderr)
         }
     }
 
+    /// <summary>
+    /// A message on one line: messages quote names from the user's files (tensor names, dtypes), which JSON lets hold line
+    /// breaks and other control characters; those are printed escaped (\n, \u0007), so an error is always one line.
+    /// </summary>
+    internal static string OneLine(string message)
+    {
+        if (!message.Any(char.IsControl)) return message;
+        var b = new System.Text.StringBuilder(message.Length + 8);
+        foreach (var c in message)
+            b.Append(c switch
+            {
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                _ when char.IsControl(c) => $"\\u{(int)c:x4}",
+                _ => c.ToString(),
+            });
+        return b.ToString();
+    }
+
     /// <summary>Prints an exception as an error and returns its exit code.</summary>
     public int Fail(Exception e)
     {
         if (e is CliException)
         {
-            Error.WriteLine($"error: {e.Message}");
+            Error.WriteLine($"error: {OneLine(e.Message)}");
             Error.Flush();
             return Program.UserError;
         }
-        Error.WriteLine($"error: {e.Message} ({e.GetType().FullName})");
+        Error.WriteLine($"error: {OneLine(e.Message)} ({e.GetType().FullName})");
         Error.Flush();
         return Program.InternalError;
     }

@@ -32,6 +32,22 @@ public abstract class CliTestBase
         return new CliResult(code, stdout.ToString(), stderr.ToString());
     }
 
+    /// <summary>A user error: exit code 1, "error: " and each fragment on stderr, no stack trace.</summary>
+    protected static void AssertUserError(CliResult r, params string[] fragments)
+    {
+        Assert.Multiple(() =>
+        {
+            Assert.That(r.ExitCode, Is.EqualTo(1), $"exit code; stderr:\n{r.Error}");
+            Assert.That(r.Error, Does.StartWith("error: "));
+            foreach (var f in fragments) Assert.That(r.Error, Does.Contain(f));
+            Assert.That(r.Error, Does.Not.Contain("   at "), "no stack trace");
+        });
+    }
+
+    /// <summary>stderr is one line.</summary>
+    protected static void AssertOneLine(CliResult r) =>
+        Assert.That(r.Error.TrimEnd().Split('\n'), Has.Length.EqualTo(1), $"one line naming the file and the fault:\n{r.Error}");
+
     protected static void AssertSuccess(CliResult r) =>
         Assert.That(r.ExitCode, Is.EqualTo(0), $"lens failed with code {r.ExitCode}:\n{r.Error}\n{r.Out}");
 
@@ -469,17 +485,6 @@ public class CliErrorTests : CliTestBase
 
     private string GoodTokens => WriteTokens("good.json", new[] { new[] { new long[] { 1, 2, 3, 4 }, new long[] { 5, 6, 7, 8 } } });
 
-    private static void AssertUserError(CliResult r, params string[] fragments)
-    {
-        Assert.Multiple(() =>
-        {
-            Assert.That(r.ExitCode, Is.EqualTo(1), $"exit code; stderr:\n{r.Error}");
-            Assert.That(r.Error, Does.StartWith("error: "));
-            foreach (var f in fragments) Assert.That(r.Error, Does.Contain(f));
-            Assert.That(r.Error, Does.Not.Contain("   at "), "no stack trace");
-        });
-    }
-
     /// <summary>A copy of tiny-gpt2 in the temp folder, to break.</summary>
     private string CopyModel(string name)
     {
@@ -488,9 +493,6 @@ public class CliErrorTests : CliTestBase
         foreach (var f in new[] { "config.json", "model.safetensors" }) File.Copy(Path.Combine(ModelDir, f), Path.Combine(dir, f));
         return dir;
     }
-
-    private static void AssertOneLine(CliResult r) =>
-        Assert.That(r.Error.TrimEnd().Split('\n'), Has.Length.EqualTo(1), $"one line naming the file and the fault:\n{r.Error}");
 
     [Test]
     public void PickleOnlyFolderIsRefusedWithHowToConvert()

@@ -207,7 +207,6 @@ public class ModelLoadingTests
     [TestCase(Pythia, "num_attention_heads")]
     [TestCase(Pythia, "num_hidden_layers")]
     [TestCase(Pythia, "intermediate_size")]
-    [TestCase(Pythia, "max_position_embeddings")]
     public void MissingRequiredConfigFieldIsNamed(string model, string field)
     {
         CopyFixture(model);

@@ -481,6 +481,28 @@ public class SafeTensorsTests
         AssertFault(path, "UTF-8");
     }
 
+    /// <summary>Found by the header fuzzing: invalid UTF-8 inside a value the reader skips (an unknown field) was accepted.</summary>
+    [Test]
+    public void HeaderInvalidUtf8InASkippedValue()
+    {
+        var path = TempFile("utf8-skipped.safetensors");
+        var header = Encoding.UTF8.GetBytes("{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"note\":\"a?\"}}");
+        header[^4] = 0xFF;  // the '?' inside the unknown field's string
+        WriteRawBytes(path, header, [1]);
+        AssertFault(path, "not valid UTF-8");
+    }
+
+    /// <summary>Found by the header fuzzing: the reference reads <c>"__metadata__": null</c> as no metadata; it was refused.</summary>
+    [Test]
+    public void NullMetadataIsNoMetadata()
+    {
+        var path = Malformed("{\"__metadata__\":null," + Entry("w", "U8", "[2]", 0, 2) + "}", dataBytes: 2);
+        using var file = SafeTensorsFile.Open(path);
+        Assert.That(file.Metadata, Is.Empty);
+        using var w = file.Load("w");
+        Assert.That(w.ToArray<byte>(), Is.EqualTo(new byte[] { 0, 0 }));
+    }
+
     [Test]
     public void HeaderNotAnObject() => AssertFault(Malformed("[1, 2, 3]"), "not a JSON object", "array");
 

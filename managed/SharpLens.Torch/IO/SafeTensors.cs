@@ -541,6 +541,10 @@ public sealed unsafe class SafeTensorsFile : IDisposable
             var infos = new List<SafeTensorInfo>();
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
             var keys = new HashSet<string>(StringComparer.Ordinal);
+            // The whole header must be UTF-8, as the format says; the reader below decodes only the strings it reads, so
+            // invalid bytes inside a skipped value would otherwise pass.
+            if (!System.Text.Unicode.Utf8.IsValid(header))
+                throw new SafeTensorsFormatException(path, "the header is not valid UTF-8");
             var reader = new Utf8JsonReader(header, new JsonReaderOptions { CommentHandling = JsonCommentHandling.Disallow, MaxDepth = 16 });
             try
             {
@@ -574,6 +578,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
 
         private static void ParseMetadata(string path, ref Utf8JsonReader reader, Dictionary<string, string> metadata)
         {
+            // The reference reads "__metadata__": null as no metadata (an Option in its header struct).
+            if (reader.TokenType == JsonTokenType.Null) return;
             if (reader.TokenType != JsonTokenType.StartObject)
                 throw new SafeTensorsFormatException(path, $"'{SafeTensors.MetadataKey}' must be a JSON object of strings, got a {Describe(reader.TokenType)}");
             while (reader.Read() && reader.TokenType != JsonTokenType.EndObject)

@@ -351,18 +351,54 @@ public abstract class ArchitectureAdapter
     {
         if (!config.TryGetProperty(field, out var v) || v.ValueKind == JsonValueKind.Null) return null;
         if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out var i))
-            throw new ModelLoadException(path, $"config field '{field}' must be an integer, got {v.ValueKind}");
+            throw new ModelLoadException(path, $"config field '{field}' must be an integer, got {(v.ValueKind == JsonValueKind.Number ? v.GetRawText() : v.ValueKind)}");
         return i >= 1 ? i : throw new ModelLoadException(path, $"config field '{field}' must be a positive integer, got {i}");
     }
 
-    /// <summary>An optional number field.</summary>
+    /// <summary>An optional number field (absent or null gives <paramref name="fallback"/>); a number no double holds finitely (1e400) is refused.</summary>
     protected static double OptionalDouble(JsonElement config, string field, double fallback, string path)
     {
         if (!config.TryGetProperty(field, out var v) || v.ValueKind == JsonValueKind.Null) return fallback;
-        return v.ValueKind == JsonValueKind.Number
-            ? v.GetDouble()
+        return v.ValueKind == JsonValueKind.Number ? FiniteNumber(v, $"config field '{field}'", path)
             : throw new ModelLoadException(path, $"config field '{field}' must be a number, got {v.ValueKind}");
     }
+
+    /// <summary>A JSON number as a finite double; <paramref name="what"/> names it in the error.</summary>
+    protected static double FiniteNumber(JsonElement number, string what, string path) =>
+        number.TryGetDouble(out var d) && double.IsFinite(d)
+            ? d
+            : throw new ModelLoadException(path, $"{what} holds {number.GetRawText()}, which is not a finite number");
+
+    /// <summary>An optional positive number (a rotary base, a scale); zero or negative is refused.</summary>
+    protected static double OptionalPositive(JsonElement config, string field, double fallback, string path)
+    {
+        var value = OptionalDouble(config, field, fallback, path);
+        return value > 0 ? value : throw new ModelLoadException(path, $"config field '{field}' must be positive, got {value}");
+    }
+
+    /// <summary>An optional non-negative number (a norm epsilon); negative is refused.</summary>
+    protected static double OptionalNonNegative(JsonElement config, string field, double fallback, string path)
+    {
+        var value = OptionalDouble(config, field, fallback, path);
+        return value >= 0 ? value : throw new ModelLoadException(path, $"config field '{field}' must not be negative, got {value}");
+    }
+
+    /// <summary>
+    /// The rotary dimension from the fraction of a head it covers (transformers: int(head_dim × fraction)): the fraction must
+    /// be in (0, 1] and the dimension even and positive.
+    /// </summary>
+    protected static int RotaryDimension(JsonElement config, string field, double fallback, int dHead, string path)
+    {
+        var fraction = OptionalDouble(config, field, fallback, path);
+        var rotaryDim = fraction is > 0 and <= 1 ? (int)(dHead * fraction) : 0;
+        if (rotaryDim <= 0 || rotaryDim % 2 != 0)
+            throw new ModelLoadException(path, $"config field '{field}' is {fraction}, which gives rotary dimension {rotaryDim} of head dimension {dHead}; " +
+                                               "it must be in (0, 1] and give an even, positive rotary dimension");
+        return rotaryDim;
+    }
+
+    /// <summary>True when the config names the field at all (null included): an absent field takes transformers' default, a null one means None.</summary>
+    protected static bool Has(JsonElement config, string field) => config.TryGetProperty(field, out _);
 
     /// <summary>An optional boolean field.</summary>
     protected static bool OptionalBool(JsonElement config, string field, bool fallback, string path)
@@ -400,20 +436,20 @@ public abstract class ArchitectureAdapter
             "llama3" => RopeType.Llama3,
             "longrope" or "su" => RopeType.LongRope,
             _ => throw new ModelLoadException(path, $"rope_scaling type '{name}' is not supported; supported here: " +
-                                                    string.Join(", ", allowed.Select(a => a.ToString().ToLowerInvariant()))),
+                                                    Supported(allowed)),
         };
         if (type is null) return null;
         if (!allowed.Contains(type.Value))
             throw new ModelLoadException(path, $"rope_scaling type '{name}' is not supported for this model type; supported here: " +
-                                               string.Join(", ", allowed.Select(a => a.ToString().ToLowerInvariant())));
-        double Factor() => rs.TryGetProperty("factor", out var f) && f.ValueKind == JsonValueKind.Number && f.GetDouble() > 0
+                                               Supported(allowed));
+        double Factor() => rs.TryGetProperty("factor", out var f) && f.ValueKind == JsonValueKind.Number && FiniteNumber(f, "rope_scaling 'factor'", path) > 0
             ? f.GetDouble()
             : throw new ModelLoadException(path, $"rope_scaling '{name}' needs a positive 'factor'");
         IReadOnlyList<double> Factors(string field)
         {
             if (!rs.TryGetProperty(field, out var a) || a.ValueKind != JsonValueKind.Array)
                 throw new ModelLoadException(path, $"rope_scaling '{name}' needs an array '{field}'");
-            var values = a.EnumerateArray().Select(v => v.ValueKind == JsonValueKind.Number ? v.GetDouble()
+            var values = a.EnumerateArray().Select(v => v.ValueKind == JsonValueKind.Number ? FiniteNumber(v, $"rope_scaling '{field}'", path)
                 : throw new ModelLoadException(path, $"rope_scaling '{field}' holds a {v.ValueKind}, not a number")).ToList();
             if (values.Count != rotaryDim / 2)
                 throw new ModelLoadException(path, $"rope_scaling '{field}' has {values.Count} entries; rotary dimension {rotaryDim} needs {rotaryDim / 2}");
@@ -441,6 +477,9 @@ public abstract class ArchitectureAdapter
             },
         };
     }
+
+    private static string Supported(IReadOnlyCollection<RopeType> allowed) =>
+        allowed.Count == 0 ? "none (this model type has no rope scaling)" : string.Join(", ", allowed.Select(a => a.ToString().ToLowerInvariant()));
 
     /// <summary>Maps an HF activation name.</summary>
     protected static ActivationFunction ParseActivation(string name, string field, string path) => name switch

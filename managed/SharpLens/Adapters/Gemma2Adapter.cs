@@ -41,15 +41,27 @@ public sealed class Gemma2Adapter : LlamaStyleAdapter
     /// <inheritdoc/>
     protected override bool UsePostNorms => true;
 
+    // Gemma2Config's defaults (transformers 4.44.2) for absent fields: head_dim 256, max_position_embeddings 8192, sliding_window
+    // 4096, query_pre_attn_scalar 224, soft-caps 50 (attention) and 30 (final).
+
     /// <inheritdoc/>
-    protected override double AttentionScale(JsonElement c, string path, int dHead)
-    {
-        var scalar = OptionalDouble(c, "query_pre_attn_scalar", dHead, path);
-        return scalar > 0 ? 1.0 / Math.Sqrt(scalar)
-            : throw new ModelLoadException(path, $"config field 'query_pre_attn_scalar' must be positive, got {scalar}");
-    }
+    protected override int DefaultMaxPositions => 8192;
+
+    /// <inheritdoc/>
+    protected override int? DefaultHeadDim => 256;
+
+    /// <inheritdoc/>
+    protected override int? DefaultSlidingWindow => 4096;
+
+    /// <inheritdoc/>
+    protected override double AttentionScale(JsonElement c, string path, int dHead) =>
+        1.0 / Math.Sqrt(OptionalPositive(c, "query_pre_attn_scalar", 224, path));
 
     /// <inheritdoc/>
     protected override (double Attention, double Final) SoftCaps(JsonElement c, string path) =>
-        (OptionalDouble(c, "attn_logit_softcapping", 0, path), OptionalDouble(c, "final_logit_softcapping", 0, path));
+        (SoftCap(c, "attn_logit_softcapping", 50, path), SoftCap(c, "final_logit_softcapping", 30, path));
+
+    /// <summary>An absent soft-cap takes the default; null (Python's None) means no capping, as in transformers.</summary>
+    private static double SoftCap(JsonElement c, string field, double absent, string path) =>
+        Has(c, field) ? OptionalDouble(c, field, 0, path) : absent;
 }

@@ -23,4 +23,10 @@ public sealed class GemmaAdapter : LlamaStyleAdapter
 
     /// <inheritdoc/>
     protected override double EmbeddingScale(int dModel) => Math.Sqrt(dModel);
+
+    /// <inheritdoc/>
+    protected override int DefaultMaxPositions => 8192;
+
+    /// <inheritdoc/>
+    protected override int? DefaultHeadDim => 256;
 }

@@ -36,13 +36,11 @@ public sealed class GptNeoXAdapter : ArchitectureAdapter
         if (dModel % nHeads != 0)
             throw new ModelLoadException(path, $"hidden_size {dModel} is not divisible by num_attention_heads {nHeads}");
         var dHead = dModel / nHeads;
-        var rotaryPct = OptionalDouble(c, "rotary_pct", 1.0, path);
-        var rotaryDim = (int)(dHead * rotaryPct);
-        if (rotaryDim <= 0 || rotaryDim % 2 != 0)
-            throw new ModelLoadException(path, $"rotary_pct {rotaryPct} of d_head {dHead} gives rotary dimension {rotaryDim}, which must be even and positive");
+        // Absent fields take GPTNeoXConfig's defaults (transformers 4.44.2): rotary_pct 0.25, max_position_embeddings 2048.
+        var rotaryDim = RotaryDimension(c, "rotary_pct", 0.25, dHead, path);
         if (!OptionalBool(c, "attention_bias", true, path))
             throw new ModelLoadException(path, "attention_bias = false is not supported");
-        var nCtx = RequireSize(c, "max_position_embeddings", path);
+        var nCtx = OptionalSize(c, "max_position_embeddings", path) ?? 2048;
         return new TransformerConfig
         {
             ModelType = ModelType,
@@ -53,10 +51,10 @@ public sealed class GptNeoXAdapter : ArchitectureAdapter
             DVocab = RequireSize(c, "vocab_size", path),
             NCtx = nCtx,
             ActFn = ParseActivation(OptionalString(c, "hidden_act", path) ?? "gelu", "hidden_act", path),
-            NormEps = OptionalDouble(c, "layer_norm_eps", 1e-5, path),
+            NormEps = OptionalNonNegative(c, "layer_norm_eps", 1e-5, path),
             Positional = PositionalEmbedding.Rotary,
             RotaryDim = rotaryDim,
-            RotaryBase = OptionalDouble(c, "rotary_emb_base", 10000, path),
+            RotaryBase = OptionalPositive(c, "rotary_emb_base", 10000, path),
             RopeScaling = ReadRopeScaling(c, path, nCtx, dHead, allowed: [RopeType.Linear, RopeType.Dynamic]),
             QkvBias = true,
             AttentionOutBias = true,

@@ -57,6 +57,17 @@ public abstract class LlamaStyleAdapter : ArchitectureAdapter
     /// <summary>Whether ToTokens prepends BOS by default (TransformerLens's prepend_bos for the family).</summary>
     protected virtual bool PrependsBos => true;
 
+    // Defaults of fields config.json may leave out: those of the family's config class in transformers 4.44.2 (here
+    // LlamaConfig's), so that a config without a field means what HuggingFace makes of it.
+    /// <summary><c>rms_norm_eps</c> when absent.</summary>
+    protected virtual double DefaultNormEps => 1e-6;
+    /// <summary><c>max_position_embeddings</c> when absent.</summary>
+    protected virtual int DefaultMaxPositions => 2048;
+    /// <summary><c>head_dim</c> when absent (null: hidden_size / num_attention_heads).</summary>
+    protected virtual int? DefaultHeadDim => null;
+    /// <summary><c>sliding_window</c> when absent (null: none; an explicit null is always none).</summary>
+    protected virtual int? DefaultSlidingWindow => null;
+
     /// <summary>The token embedding's multiplier (Gemma: sqrt(d_model)).</summary>
     protected virtual double EmbeddingScale(int dModel) => 1;
     /// <summary>Whether blocks normalise the attention and MLP outputs too (Gemma 2).</summary>
@@ -74,20 +85,16 @@ public abstract class LlamaStyleAdapter : ArchitectureAdapter
         var nKv = OptionalSize(c, "num_key_value_heads", path) ?? nHeads;
         if (nHeads % nKv != 0)
             throw new ModelLoadException(path, $"num_attention_heads {nHeads} is not a multiple of num_key_value_heads {nKv}");
-        var headDim = OptionalSize(c, "head_dim", path);
+        var headDim = Has(c, "head_dim") ? OptionalSize(c, "head_dim", path) : DefaultHeadDim;
         if (headDim is null && dModel % nHeads != 0)
             throw new ModelLoadException(path, $"hidden_size {dModel} is not divisible by num_attention_heads {nHeads} and there is no head_dim");
         var dHead = headDim ?? dModel / nHeads;
-        var rotaryDim = (int)(dHead * OptionalDouble(c, "partial_rotary_factor", 1.0, path));
-        if (rotaryDim <= 0 || rotaryDim % 2 != 0)
-            throw new ModelLoadException(path, $"partial_rotary_factor of head_dim {dHead} gives rotary dimension {rotaryDim}, which must be even and positive");
+        var rotaryDim = RotaryDimension(c, "partial_rotary_factor", 1.0, dHead, path);
         var nLayers = RequireSize(c, "num_hidden_layers", path);
-        var nCtx = RequireSize(c, "max_position_embeddings", path);
+        var nCtx = OptionalSize(c, "max_position_embeddings", path) ?? DefaultMaxPositions;
         var (actField, actDefault) = ActivationField;
-        var window = OptionalSize(c, "sliding_window", path);
-        int[]? windows = window is not { } w || WindowLayers == SlidingWindowLayers.None
-            ? null
-            : Enumerable.Range(0, nLayers).Select(i => WindowLayers == SlidingWindowLayers.All || i % 2 == 0 ? w : 0).ToArray();
+        var window = Has(c, "sliding_window") ? OptionalSize(c, "sliding_window", path) : DefaultSlidingWindow;
+        var windows = window is not { } w || WindowLayers == SlidingWindowLayers.None ? null : new LayerWindowPattern(nLayers, w, WindowLayers);
         var (attentionCap, finalCap) = SoftCaps(c, path);
         if (attentionCap < 0 || finalCap < 0) throw new ModelLoadException(path, "soft-capping values must be positive (or null for none)");
         return new TransformerConfig
@@ -102,7 +109,7 @@ public abstract class LlamaStyleAdapter : ArchitectureAdapter
             DVocab = RequireSize(c, "vocab_size", path),
             NCtx = nCtx,
             ActFn = ParseActivation(OptionalString(c, actField, path) ?? actDefault, actField, path),
-            NormEps = OptionalDouble(c, "rms_norm_eps", 1e-6, path),
+            NormEps = OptionalNonNegative(c, "rms_norm_eps", DefaultNormEps, path),
             Norm = NormKind,
             Mlp = MlpKind.Gated,
             QkvBias = QkvBias(c, path),
@@ -110,7 +117,7 @@ public abstract class LlamaStyleAdapter : ArchitectureAdapter
             MlpBias = OptionalBool(c, "mlp_bias", false, path),
             Positional = PositionalEmbedding.Rotary,
             RotaryDim = rotaryDim,
-            RotaryBase = OptionalDouble(c, "rope_theta", 10000, path),
+            RotaryBase = OptionalPositive(c, "rope_theta", 10000, path),
             RopeScaling = ReadRopeScaling(c, path, nCtx, rotaryDim, RopeTypes),
             LayerWindows = windows,
             TiedEmbeddings = OptionalBool(c, "tie_word_embeddings", TiedByDefault, path),
@@ -122,5 +129,25 @@ public abstract class LlamaStyleAdapter : ArchitectureAdapter
             FinalLogitSoftCap = finalCap,
             Float32Islands = true,
         };
+    }
+
+    /// <summary>
+    /// Each layer's sliding window, computed on demand rather than stored: config.json may claim any number of layers (the
+    /// checkpoint then refuses it), and an array per claimed layer would be allocated before that check.
+    /// </summary>
+    private sealed class LayerWindowPattern(int layers, int window, SlidingWindowLayers which) : IReadOnlyList<int>
+    {
+        public int this[int layer] => (uint)layer < (uint)layers
+            ? which == SlidingWindowLayers.All || layer % 2 == 0 ? window : 0
+            : throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} of {layers}");
+
+        public int Count => layers;
+
+        public IEnumerator<int> GetEnumerator()
+        {
+            for (var i = 0; i < layers; i++) yield return this[i];
+        }
+
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
     }
 }

@@ -10,5 +10,11 @@ public sealed class MistralAdapter : LlamaStyleAdapter
     protected override SlidingWindowLayers WindowLayers => SlidingWindowLayers.All;
 
     /// <inheritdoc/>
+    protected override int DefaultMaxPositions => 4096 * 32;
+
+    /// <inheritdoc/>
+    protected override int? DefaultSlidingWindow => 4096;
+
+    /// <inheritdoc/>
     protected override IReadOnlyCollection<RopeType> RopeTypes => [];
 }

@@ -27,4 +27,10 @@ public sealed class Phi3Adapter : LlamaStyleAdapter
 
     /// <inheritdoc/>
     protected override IReadOnlyCollection<RopeType> RopeTypes => [RopeType.LongRope];
+
+    /// <inheritdoc/>
+    protected override double DefaultNormEps => 1e-5;
+
+    /// <inheritdoc/>
+    protected override int DefaultMaxPositions => 4096;
 }

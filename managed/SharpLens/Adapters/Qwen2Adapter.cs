@@ -25,5 +25,8 @@ public sealed class Qwen2Adapter : LlamaStyleAdapter
     protected override bool PrependsBos => false;
 
     /// <inheritdoc/>
+    protected override int DefaultMaxPositions => 32768;
+
+    /// <inheritdoc/>
     protected override IReadOnlyCollection<RopeType> RopeTypes => [];
 }

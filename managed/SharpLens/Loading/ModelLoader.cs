@@ -28,16 +28,7 @@ public static class ModelLoader
             throw new ModelLoadException(directory, "model directory does not exist");
         var path = Path.Combine(directory, ConfigFile);
         if (!File.Exists(path)) throw new ModelLoadException(path, "config.json is missing from the model directory");
-        JsonDocument doc;
-        try
-        {
-            doc = JsonDocument.Parse(File.ReadAllBytes(path));
-        }
-        catch (JsonException e)
-        {
-            throw new ModelLoadException(path, $"not valid JSON ({e.Message})", e);
-        }
-        using (doc)
+        using (var doc = ParseJson(path))
         {
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object) throw new ModelLoadException(path, "the config is not a JSON object");
@@ -45,6 +36,25 @@ public static class ModelLoader
                 throw new ModelLoadException(path, "config field 'model_type' is missing or not a string");
             var adapter = ArchitectureAdapter.For(mt.GetString()!, path);
             return (adapter.ReadConfig(root, path), adapter);
+        }
+    }
+
+    /// <summary>
+    /// Parses a JSON file, refusing bytes that are not UTF-8 up front: <see cref="JsonDocument"/> checks only the syntax, and
+    /// a string holding invalid UTF-8 would otherwise surface later, at the first read of it, as an InvalidOperationException
+    /// that names no file.
+    /// </summary>
+    private static JsonDocument ParseJson(string path)
+    {
+        var bytes = File.ReadAllBytes(path);
+        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw new ModelLoadException(path, "not valid UTF-8 text");
+        try
+        {
+            return JsonDocument.Parse(bytes);
+        }
+        catch (JsonException e)
+        {
+            throw new ModelLoadException(path, $"not valid JSON ({e.Message})", e);
         }
     }
 
@@ -56,6 +66,11 @@ public static class ModelLoader
         var parameters = new Dictionary<string, Tensor>();
         try
         {
+            // Every layer has tensors of its own, so a config claiming more layers than the checkpoint has tensors cannot fit;
+            // refusing it here keeps a huge claimed count from building a spec per claimed layer (2^31 - 1 of them: out of memory).
+            if (cfg.NLayers > files.Locations.Count)
+                throw new ModelLoadException(Path.Combine(directory, ConfigFile),
+                    $"the config has {cfg.NLayers} layers, but {files.Describe} holds only {files.Locations.Count} tensors (each layer has its own)");
             var expected = adapter.ExpectedParameters(cfg);
             var expectedNames = expected.Select(e => e.Name).ToHashSet();
             foreach (var (name, file) in files.Locations)
@@ -121,9 +136,8 @@ public static class ModelLoader
     private static CheckpointFiles OpenSharded(string directory, string indexPath)
     {
         Dictionary<string, string> weightMap;
-        try
+        using (var doc = ParseJson(indexPath))
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new ModelLoadException(indexPath, $"the index is not a JSON object (found {doc.RootElement.ValueKind})");
             if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
@@ -135,10 +149,6 @@ public static class ModelLoader
                     throw new ModelLoadException(indexPath, $"weight_map entry '{p.Name}' is not a file name");
                 weightMap[p.Name] = p.Value.GetString()!;
             }
-        }
-        catch (JsonException e)
-        {
-            throw new ModelLoadException(indexPath, $"not valid JSON ({e.Message})", e);
         }
         var opened = new Dictionary<string, SafeTensorsFile>();
         var locations = new Dictionary<string, SafeTensorsFile>();
