@@ -66,10 +66,11 @@ internal static unsafe partial class NativeLibraryLoader
     /// <summary>
     /// How long idle OpenMP threads (libtorch's and OpenBLAS's, one libgomp pool) spin before they sleep. libgomp's default
     /// spins long; on a shared machine the spinning fights every other process for the cores. Measured on this project's
-    /// 2-core machine, GPT-2-small shape at [1, 128], forward (two busy processes beside it / idle): libgomp's default
-    /// 3.09 s / 0.30 s, OMP_WAIT_POLICY=ACTIVE 3.00 s / 0.29 s, PASSIVE 1.41 s / 0.59 s, GOMP_SPINCOUNT=20000 1.98 s / 0.26 s.
-    /// Passive waiting halves the idle speed (a wake-up per parallel region); a short spin keeps it and gives back a third
-    /// under load, so that is the default. (Passes too small to split run on one thread anyway: <c>HookedModel</c>.)
+    /// 2-core machine, GPT-2-small shape at [1, 128], forward only (median of 7, three interleaved rounds), with two busy
+    /// processes beside it / idle: libgomp's default (GOMP_SPINCOUNT=300000) 2.46–3.33 s / 0.29–0.30 s, GOMP_SPINCOUNT=20000
+    /// 1.19–1.57 s / 0.29–0.32 s, OMP_WAIT_POLICY=PASSIVE 1.38–1.66 s / 0.30–0.31 s (one thread: 0.80–0.94 s / 0.51–0.60 s).
+    /// A short spin keeps the idle speed and halves the time under load, so that is the default. (Passes too small to
+    /// split run on one thread anyway: <c>HookedModel</c>.)
     /// libgomp reads these once, when it is loaded with libtorch, so they are set here, in the native environment (.NET's
     /// Environment.SetEnvironmentVariable does not reach native code), before libsharplens loads; a value the user set wins.
     /// </summary>

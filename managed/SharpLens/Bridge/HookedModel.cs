@@ -263,8 +263,9 @@ public abstract class HookedModel : IDisposable
     /// <summary>
     /// Below this many floating-point operations a forward pass runs on one intra-op thread. Measured on this project's
     /// 2-core machine (tiny-gpt2, lens bench --model): idle, [1, 64] tokens (about 26 MFLOP) took 1.17 ms on one thread and
-    /// 1.55 ms on two, [4, 128] (about 200 MFLOP) 6.6 ms and 5.8 ms; with two other processes busy on both cores, two
-    /// threads took 8–152 ms for [1, 64] (every parallel region waits for a descheduled thread) and one thread 1.3 ms.
+    /// 1.55 ms on two, [4, 128] (about 200 MFLOP) 6.6 ms and 5.8 ms. With two other processes busy on both cores, [1, 64]
+    /// on two threads took 27.8–27.9 ms (every parallel region waits for a descheduled thread; idle 1.22–1.51 ms), and
+    /// with this rule 1.16–1.66 ms (idle 1.20–1.25 ms).
     /// </summary>
     public const double SmallPassFlops = 100e6;
 
