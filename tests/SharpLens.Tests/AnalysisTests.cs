@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using SharpLens.Analysis;
 
 namespace SharpLens.Tests;
@@ -354,7 +355,7 @@ public class AnalysisTests
     {
         GC.Collect();
         GC.WaitForPendingFinalizers();
-        var before = Torch.LiveTensors;
+        var before = LiveTensorCount.Settled();
         using (Torch.NewScope())
         {
             using var g = new Generator(14);

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 namespace SharpLens.Tests;
 
 /// <summary>
@@ -41,7 +42,7 @@ public class CacheAnalysisFixtureTests(string model)
     [TestCase(ScalarType.Float32, 1e-4)]
     public void ReproducesTransformerLens(ScalarType dtype, double bound)
     {
-        var live = Torch.LiveTensors;
+        var live = LiveTensorCount.Settled();
         using (var scope = Torch.NewScope())
         {
             using var bridge = TransformerBridge.Load(Fixtures.Path(model), new BridgeOptions { DType = dtype });

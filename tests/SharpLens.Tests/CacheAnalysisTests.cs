@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 namespace SharpLens.Tests;
 
 /// <summary>
@@ -25,7 +26,7 @@ public class CacheAnalysisTests(string model) : FixtureTest(model)
     [Test]
     public void DecompositionsSumToTheResidualStream()
     {
-        var live = Torch.LiveTensors;
+        var live = LiveTensorCount.Settled();
         using (var scope = Torch.NewScope())
         {
             using var bridge = Load();

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using System.Text.Json;
 using SharpLens.Cli;
 using SharpLens.Tensors.IO;
@@ -724,7 +725,7 @@ public class CliErrorTests : CliTestBase
         GC.Collect();
         GC.WaitForPendingFinalizers();
         GC.Collect();
-        var before = Torch.LiveTensors;
+        var before = LiveTensorCount.Settled();
         AssertSuccess(Lens("cache", ModelDir, "--tokens", tokens, "--backward", "loss", "--all-hooks", "--out", TempPath("leak-cache.safetensors")));
         AssertSuccess(Lens("params", ModelDir, "--tl", "--out", TempPath("leak-params.safetensors")));
         AssertSuccess(Lens("params", ModelDir, "--fold-ln", "--center-writing-weights", "--center-unembed", "--fold-value-biases",

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using System.Text.Json;
 using SharpLens.Cli;
 using SharpLens.Tensors.IO;
@@ -74,7 +75,7 @@ public class CliVerifyTests : CliTestBase
             new[] { new long[] { 5, 9, 3, 7, 1, 2, 8, 4 }, new long[] { 6, 6, 2, 1, 0, 3, 9, 5 } },
             new[] { new long[] { 1, 2, 1_000_000 } },
         });
-        var before = Torch.LiveTensors;
+        var before = LiveTensorCount.Settled();
         var r = Lens("verify", Fixtures.Path("tiny-pythia"), "--tokens", tokens);
         AssertSuccess(r);
         Assert.That(r.Out, Does.Contain("all checks passed"));

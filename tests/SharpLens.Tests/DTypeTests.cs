@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using SharpLens.Tensors.IO;
 
 namespace SharpLens.Tests;
@@ -37,7 +38,7 @@ public class DTypeTests(string model) : FixtureTest(model)
         using var bridge = TransformerBridge.Load(Fixtures.Path(model));
         using var scope = Torch.NewScope();
         var original = bridge.Forward(Tokens);
-        var liveBefore = Torch.LiveTensors;
+        var liveBefore = LiveTensorCount.Settled();
         bridge.To(ScalarType.Float64);
         Assert.Multiple(() =>
         {

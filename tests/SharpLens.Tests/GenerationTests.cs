@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using SharpLens.Cli;
 using SharpLens.Generation;
 using SharpLens.Tokenization;
@@ -193,7 +194,7 @@ public class GenerationTests
     [Test]
     public void GenerationLeavesNoTensorBehind()
     {
-        var live = Torch.LiveTensors;
+        var live = LiveTensorCount.Settled();
         using (Torch.NewScope()) _bridge.Generate(Prompt(PromptIds), 5, temperature: 0.8, topK: 20, topP: 0.9, seed: 1);
         using (var prompt = Prompt(PromptIds))
         using (var output = _bridge.Generate(prompt, 5, temperature: 0)) Assert.That(output.Size(1), Is.EqualTo(PromptIds.Length + 5));

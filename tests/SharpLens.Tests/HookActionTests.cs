@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 namespace SharpLens.Tests;
 
 /// <summary>
@@ -171,7 +172,7 @@ public class HookActionTests(string model) : FixtureTest(model)
         using var bridge = TransformerBridge.Load(ModelDir);
         GC.Collect();
         GC.WaitForPendingFinalizers();
-        var before = Torch.LiveTensors;
+        var before = LiveTensorCount.Settled();
         for (var i = 0; i < 3; i++)
         {
             var (logits, cache) = bridge.RunWithCache(Tokens, null, null, LastLogitsSum);

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using System.Text.RegularExpressions;
 using SharpLens.Tensors.IO;
 
@@ -239,7 +240,7 @@ public class HookApiTests
         using var scope = Torch.NewScope();
         var baseline = bridge.Forward(Tokens());
         ForceFinalizers();
-        var live = Torch.LiveTensors;
+        var live = LiveTensorCount.Settled();
         var handle = bridge.AddHook("blocks.0.attn.hook_z", (z, _) => Torch.Zeros(2, 12, 4, 15));
         var e = Assert.Throws<HookException>(() => bridge.Forward(Tokens()))!;
         Assert.That(e.HookName, Is.EqualTo("blocks.0.attn.hook_z"));
@@ -457,7 +458,7 @@ public class HookApiTests
         var original = new ArithmeticException("boom in the hook");
         var handle = bridge.AddHook("blocks.1.mlp.hook_post", (_, _) => throw original);
         ForceFinalizers();
-        var live = Torch.LiveTensors;
+        var live = LiveTensorCount.Settled();
         var e = Assert.Throws<HookException>(() => bridge.Forward(Tokens()))!;
         Assert.That(e.HookName, Is.EqualTo("blocks.1.mlp.hook_post"));
         Assert.That(e.InnerException, Is.SameAs(original));

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using SharpLens.Generation;
 
 namespace SharpLens.Tests;
@@ -24,7 +25,7 @@ public class InterventionTests : FixtureTest
     [Test]
     public void SteeringTheResidualStreamEqualsSteeringTheEmbedding()
     {
-        var live = Torch.LiveTensors;
+        var live = LiveTensorCount.Settled();
         using (var scope = Torch.NewScope())
         {
             using var bridge = Load();

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using SharpLens.Generation;
 
 namespace SharpLens.Tests;
@@ -86,7 +87,7 @@ public class KeyValueCacheTests(string model)
         using var bridge = Load(ScalarType.Float32);
         GC.Collect();
         GC.WaitForPendingFinalizers();
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         using (var scope = Torch.NewScope())
         {
             var cache = bridge.NewKeyValueCache();

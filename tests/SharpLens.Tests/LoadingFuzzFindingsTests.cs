@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using System.Text;
 using System.Text.Json.Nodes;
 using SharpLens.Adapters;
@@ -38,7 +39,7 @@ public class LoadingFuzzFindingsTests
     /// <summary>Loading fails with a ModelLoadException naming the config file and each fragment, leaving no tensor behind.</summary>
     private ModelLoadException Refused(params string[] fragments)
     {
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         var e = Assert.Throws<ModelLoadException>(() => TransformerBridge.Load(_dir).Dispose())!;
         Assert.That(Torch.LiveTensors, Is.EqualTo(start), "a failed load frees what it created");
         Assert.That(e.Message, Does.Contain(ConfigPath));

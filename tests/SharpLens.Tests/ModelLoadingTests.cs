@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using SharpLens.Adapters;
@@ -82,7 +83,7 @@ public class ModelLoadingTests
     private static ModelLoadException LoadFails(string dir)
     {
         ForceFinalizers();
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         var e = Assert.Throws<ModelLoadException>(() => TransformerBridge.Load(dir).Dispose())!;
         Assert.That(Torch.LiveTensors, Is.EqualTo(start), "a failed load must free every tensor it created");
         TestContext.Out.WriteLine(e.Message);
@@ -474,7 +475,7 @@ public class ModelLoadingTests
         };
         File.WriteAllBytes(CheckpointPath, broken);
         ForceFinalizers();
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         var e = Assert.Throws<SafeTensorsFormatException>(() => TransformerBridge.Load(_dir).Dispose())!;
         TestContext.Out.WriteLine(e.Message);
         Assert.That(e.FilePath, Is.EqualTo(CheckpointPath));

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using SharpLens.Tensors.IO;
 using SharpLens.Tensors.Optim;
 
@@ -380,7 +381,7 @@ public class ParameterViewTests(string model)
     public void DisposingTheBridgeFreesItsParameters()
     {
         ForceFinalizers();
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         var bridge = Load();
         var count = bridge.NamedParameters().Count;
         Assert.That(Torch.LiveTensors, Is.EqualTo(start + count), "one handle per parameter");
@@ -407,7 +408,7 @@ public class ParameterViewTests(string model)
     public void TlViewOutlivesTheBridgeAndIsFreedOnItsOwn()
     {
         ForceFinalizers();
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         var bridge = Load();
         Tensor wq;
         float[] values;

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 namespace SharpLens.Tests;
 
 /// <summary>
@@ -34,7 +35,7 @@ public class PatchingTests(string model)
     [TestCase(ScalarType.Float32, 1e-4, 256)]
     public void ReproducesTransformerLens(ScalarType dtype, double bound, int copiesPerForward)
     {
-        var live = Torch.LiveTensors;
+        var live = LiveTensorCount.Settled();
         using (var scope = Torch.NewScope())
         {
             using var bridge = TransformerBridge.Load(Fixtures.Path(model), new BridgeOptions { DType = dtype });
@@ -200,7 +201,7 @@ public class PathPatchingTests(string model) : FixtureTest(model)
     [Test]
     public void DirectPathToTheLogitsIsTheSendersOutputDifference()
     {
-        var live = Torch.LiveTensors;
+        var live = LiveTensorCount.Settled();
         using (var scope = Torch.NewScope())
         {
             using var bridge = TransformerBridge.Load(ModelDir, new BridgeOptions { DType = ScalarType.Float64 });

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using System.Text.Json.Nodes;
 using SharpLens.Benchmarks;
 using SharpLens.Loading;
@@ -57,7 +58,7 @@ public class RandomCheckpointTests
     {
         using var bridge = TransformerBridge.Load(Fixtures.Path("tiny-gpt2"));
         using var scope = Torch.NewScope();
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         var t = PassBenchmark.Run(bridge, Torch.Arange(24).View(2, 12), reps: 2);
         Assert.That(new[] { t.ForwardSeconds, t.RunWithCacheSeconds, t.ForwardNoOpHooksSeconds, t.ForwardBackwardSeconds, t.ForwardBackwardAllBackwardHooksSeconds }, Is.All.GreaterThan(0));
         Assert.That(t.Tokens, Is.EqualTo(24));

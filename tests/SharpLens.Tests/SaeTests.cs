@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using System.Text.Json.Nodes;
 using SharpLens.Saes;
 using SharpLens.Tensors.IO;
@@ -149,7 +150,7 @@ public class SaeTests : TempFolderTest
         if (normalization == "expected_average_only_in") cfg["norm_scaling_factor"] = factor;
         var dir = WriteSae($"{architecture}-{activation}-{normalization}-{applyBDec}", w, cfg);
 
-        var live = Torch.LiveTensors;
+        var live = LiveTensorCount.Settled();
         using (var sae = Sae.Load(dir))
         using (var scope = Torch.NewScope())
         {

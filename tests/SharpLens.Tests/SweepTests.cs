@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -167,7 +168,7 @@ public class SweepTests
     {
         using var bridge = TransformerBridge.Load(Model);
         var patcher = new AttributionPatcher(bridge);
-        var live = Torch.LiveTensors;
+        var live = LiveTensorCount.Settled();
         using (Torch.NewScope())
         {
             patcher.Attribute(RandomPairs(3, seed: 2));

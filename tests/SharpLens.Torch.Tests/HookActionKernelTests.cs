@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 namespace SharpLens.Tensors.Tests;
 
 /// <summary>
@@ -45,7 +46,7 @@ public class HookActionKernelTests
     [Test]
     public void SlotsFreedBeforeBackwardStayValidForTheGraphAndLeakNothing()
     {
-        var before = Torch.LiveTensors;
+        var before = LiveTensorCount.Settled();
         using (var scope = Torch.NewScope())
         {
             var slots = new GradientSlots(1);

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using System.Runtime.CompilerServices;
 
 namespace SharpLens.Tensors.Tests;
@@ -11,7 +12,7 @@ public class MemoryTests
     {
         using var w = Torch.Randn([8, 8], new Generator(1), ScalarType.Float32).RequiresGrad_();
         using var x = Torch.Randn([4, 8], new Generator(2), ScalarType.Float32);
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         for (var i = 0; i < 10_000; i++)
         {
             using var scope = Torch.NewScope();
@@ -28,7 +29,7 @@ public class MemoryTests
     [Test]
     public void ScopeDisposesEverythingItOwns()
     {
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         Tensor a, b;
         using (Torch.NewScope())
         {
@@ -44,7 +45,7 @@ public class MemoryTests
     [Test]
     public void MoveToOuterScopeSurvivesTheInnerScopeOnly()
     {
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         using (var outer = Torch.NewScope())
         {
             Tensor kept;
@@ -62,7 +63,7 @@ public class MemoryTests
     [Test]
     public void DetachFromScopeHandsOwnershipToTheCaller()
     {
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         Tensor mine;
         using (Torch.NewScope()) mine = Torch.Zeros(2).DetachFromScope();
         Assert.That(mine.IsDisposed, Is.False);
@@ -85,7 +86,7 @@ public class MemoryTests
     {
         GC.Collect();
         GC.WaitForPendingFinalizers();
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         Abandon();
         for (var i = 0; i < 5 && Torch.LiveTensors != start; i++)
         {

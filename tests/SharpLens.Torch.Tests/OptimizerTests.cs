@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using SharpLens.Tensors.Optim;
 
 namespace SharpLens.Tensors.Tests;
@@ -710,7 +711,7 @@ public class OptimizerTests
         using var p = Param(1.0, 2.0);
         using var opt = new AdamW([p], amsgrad: true);
         SetGrad(p, 1.0, 1.0);
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         for (var i = 0; i < 100; i++) opt.Step();
         opt.ZeroGrad();
         Assert.That(Torch.LiveTensors, Is.EqualTo(start));

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 namespace SharpLens.Tensors.Tests;
 
 /// <summary>
@@ -314,7 +315,7 @@ public class RotaryKernelTests
         using var g = new Generator(17);
         using var source = Torch.Randn([2, 9, 3 * 4 * 16], g).RequiresGrad_();
         using var positions = PositionsTensor(MakePositions(1, 2, 9), 2, 9);
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         for (var i = 0; i < 200; i++)
         {
             using var scope = Torch.NewScope();

@@ -1,3 +1,4 @@
+using SharpLens.Testing;
 using System.Buffers.Binary;
 using System.Globalization;
 using System.Runtime.CompilerServices;
@@ -43,7 +44,7 @@ public class SafeTensorsTests
     {
         Assert.That(matrix, Has.Length.EqualTo(6));
         var path = TempFile();
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         using (var m = Torch.FromArray(matrix, 2, 3))
         using (var s = Torch.FromSpan<T>([scalar], ReadOnlySpan<long>.Empty))
         using (var e = Torch.FromSpan<T>([], [0, 3]))
@@ -358,7 +359,7 @@ public class SafeTensorsTests
         var path = TempFile();
         using (Torch.NewScope())
             SafeTensors.Save(path, new Dictionary<string, Tensor> { ["a"] = Torch.Ones(2), ["b"] = Torch.Zeros([3], ScalarType.Int64) });
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         var startMappings = SafeTensorsFile.LiveMappings;
         var all = SafeTensors.Load(path);
         Assert.That(all.Keys, Is.EquivalentTo(new[] { "a", "b" }));
@@ -593,7 +594,7 @@ public class SafeTensorsTests
         var path = TempFile("bool.safetensors");
         WriteRaw(path, "{" + Entry("mask", "BOOL", "[3]", 0, 3) + "}", [1, 0, 2]);
         using var file = SafeTensorsFile.Open(path);
-        var start = Torch.LiveTensors;
+        var start = LiveTensorCount.Settled();
         var ex = Assert.Throws<SafeTensorsFormatException>(() => file.Load("mask"))!;
         Assert.That(ex.Message, Does.Contain("bool.safetensors").And.Contain("'mask'").And.Contain("byte value 2"));
         Assert.That(Torch.LiveTensors, Is.EqualTo(start));
