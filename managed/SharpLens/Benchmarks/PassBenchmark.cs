@@ -38,7 +38,7 @@ public sealed record PassTimings(
 /// Times what interpretability work repeats thousands of times on one model: a plain forward pass,
 /// RunWithCache of every hook point, a forward pass with a no-op managed hook on every hook point, forward + backward of <c>logits[:, -1, :].sum()</c>, and the same with
 /// a backward hook on every hook point capturing its gradient. Each pass runs once untimed, then
-/// <c>reps</c> times; the median is reported. Autograd records as it does by default (as in TransformerLens).
+/// <c>reps</c> rounds of every pass in turn; each pass's median is reported. Autograd records as it does by default (as in TransformerLens).
 /// </summary>
 public static class PassBenchmark
 {
@@ -51,58 +51,92 @@ public static class PassBenchmark
     {
         if (reps < 1) throw new ArgumentOutOfRangeException(nameof(reps), reps, "reps must be at least 1");
         var hookCount = 0;
-        // Every pass ends by waiting for the device (a no-op on the CPU), so GPU timings are of finished work.
-        var forward = Median(reps, progress, profile, "forward", () =>
+        var backwardHookCount = 0;
+        var captured = new List<Tensor>();
+        // Every pass ends by waiting for the device (a no-op on the CPU), so GPU timings are of finished work. Hooks a pass
+        // needs are added before its timer starts and removed after it stops.
+        var passes = new Pass[]
         {
-            using var scope = Torch.NewScope();
-            Torch.Synchronize(bridge.Forward(tokens));
-        });
-        var cache = Median(reps, progress, profile, "run_with_cache", () =>
-        {
-            using var scope = Torch.NewScope();
-            var (l, c) = bridge.RunWithCache(tokens);
-            Torch.Synchronize(l);
-            hookCount = c.Count;
-            c.Dispose();
-        });
-        double noOp;
-        using (bridge.AddHook(_ => true, (_, _) => null))
-            noOp = Median(reps, progress, profile, "forward_noop_hooks", () =>
+            new("forward", null, () =>
             {
                 using var scope = Torch.NewScope();
                 Torch.Synchronize(bridge.Forward(tokens));
-            });
-        var fwdBwd = Median(reps, progress, profile, "fwd_bwd", () =>
+            }),
+            new("run_with_cache", null, () =>
+            {
+                using var scope = Torch.NewScope();
+                var (l, c) = bridge.RunWithCache(tokens);
+                Torch.Synchronize(l);
+                hookCount = c.Count;
+                c.Dispose();
+            }),
+            new("forward_noop_hooks", () => bridge.AddHook(_ => true, (_, _) => null), () =>
+            {
+                using var scope = Torch.NewScope();
+                Torch.Synchronize(bridge.Forward(tokens));
+            }),
+            new("fwd_bwd", null, () =>
+            {
+                using var scope = Torch.NewScope();
+                bridge.Forward(tokens).Select(1, -1).Sum().Backward();
+                Torch.Synchronize(bridge.Parameters()[0].Grad!);
+                ClearGrads(bridge);
+            }),
+            new("fwd_bwd_all_bwd_hooks", () => bridge.AddBackwardHook(_ => true, (g, _) =>
+            {
+                captured.Add(g.Detach().DetachFromScope());
+                return null;
+            }), () =>
+            {
+                using var scope = Torch.NewScope();
+                bridge.Forward(tokens).Select(1, -1).Sum().Backward();
+                Torch.Synchronize(bridge.Parameters()[0].Grad!);
+                backwardHookCount = captured.Count;
+                foreach (var t in captured) t.Dispose();
+                captured.Clear();
+                ClearGrads(bridge);
+            }),
+            new("gemm_only", null, () => GemmOnly(bridge, tokens.NumEl)),
+        };
+
+        // Warm-up (allocator pools, OpenMP threads, first-call dispatch), then the repetitions round-robin: a slow spell of
+        // the machine (another process, a neighbour on the host) then falls on every pass of a round alike instead of on
+        // whichever pass happened to be running, so the ratios between passes hold even where absolute times drift.
+        foreach (var pass in passes) pass.Time();
+        var times = passes.Select(_ => new double[reps]).ToArray();
+        for (var r = 0; r < reps; r++)
+            for (var i = 0; i < passes.Length; i++)
+            {
+                times[i][r] = passes[i].Time();
+                progress?.Invoke($"{passes[i].Name} {r + 1}/{reps}: {times[i][r]:F3} s");
+            }
+        if (profile is not null)
+            foreach (var pass in passes.Where(p => p.Name != "gemm_only"))
+            {
+                using var hooks = pass.Hooks?.Invoke();
+                using var session = Profiler.Start();
+                pass.Body();
+                profile(pass.Name, session.Stop());
+            }
+        var m = times.Select(Median).ToArray();
+        return new PassTimings(m[0], m[1], m[2], m[3], m[4], tokens.NumEl, Torch.NumThreads, reps, hookCount, backwardHookCount)
         {
-            using var scope = Torch.NewScope();
-            bridge.Forward(tokens).Select(1, -1).Sum().Backward();
-            Torch.Synchronize(bridge.Parameters()[0].Grad!);
-            ClearGrads(bridge);
-        });
-        var captured = new List<Tensor>();
-        using var hooks = bridge.AddBackwardHook(_ => true, (g, _) =>
-        {
-            captured.Add(g.Detach().DetachFromScope());
-            return null;
-        });
-        var backwardHookCount = 0;
-        var fwdBwdHooks = Median(reps, progress, profile, "fwd_bwd_all_bwd_hooks", () =>
-        {
-            using var scope = Torch.NewScope();
-            bridge.Forward(tokens).Select(1, -1).Sum().Backward();
-            Torch.Synchronize(bridge.Parameters()[0].Grad!);
-            backwardHookCount = captured.Count;
-            foreach (var t in captured) t.Dispose();
-            captured.Clear();
-            ClearGrads(bridge);
-        });
-        var gemm = Median(reps, progress, null, "gemm_only", () => GemmOnly(bridge, tokens.NumEl));
-        return new PassTimings(forward, cache, noOp, fwdBwd, fwdBwdHooks, tokens.NumEl, Torch.NumThreads, reps, hookCount, backwardHookCount)
-        {
-            GemmSeconds = gemm,
+            GemmSeconds = m[5],
             Device = bridge.Config.Device.ToString(),
             DType = bridge.Config.DType.ToTorchName(),
         };
+    }
+
+    /// <summary>One timed pass: the hooks it needs (added outside the timed region) and its body.</summary>
+    private sealed record Pass(string Name, Func<IDisposable>? Hooks, Action Body)
+    {
+        public double Time()
+        {
+            using var hooks = Hooks?.Invoke();
+            var sw = Stopwatch.StartNew();
+            Body();
+            return sw.Elapsed.TotalSeconds;
+        }
     }
 
     /// <summary>
@@ -152,25 +186,10 @@ public static class PassBenchmark
         foreach (var p in bridge.Parameters()) p.Grad = null;
     }
 
-    private static double Median(int reps, Action<string>? progress, Action<string, IReadOnlyList<ProfiledOp>>? profile,
-        string name, Action pass)
+    private static double Median(double[] values)
     {
-        pass();  // warm-up: allocator pools, OpenMP threads, first-call dispatch
-        var times = new double[reps];
-        for (var i = 0; i < reps; i++)
-        {
-            var sw = Stopwatch.StartNew();
-            pass();
-            times[i] = sw.Elapsed.TotalSeconds;
-            progress?.Invoke($"{name} {i + 1}/{reps}: {times[i]:F3} s");
-        }
-        if (profile is not null)
-        {
-            using var session = Profiler.Start();
-            pass();
-            profile(name, session.Stop());
-        }
-        Array.Sort(times);
-        return reps % 2 == 1 ? times[reps / 2] : (times[reps / 2 - 1] + times[reps / 2]) / 2;
+        var sorted = values.OrderBy(v => v).ToArray();
+        var n = sorted.Length;
+        return n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
     }
 }
