@@ -1,3 +1,4 @@
+using SharpLens.Tensors.Optim;
 using SharpLens.Verification;
 
 namespace SharpLens.Tests;
@@ -7,6 +8,7 @@ namespace SharpLens.Tests;
 /// as a GPU does ("Expected all tensors to be on the same device"), so a forward and a backward of every architecture on
 /// meta fail if anything the forward pass creates (positions, masks, rotary tables, constants, indices) lands on the CPU.
 /// The custom kernels run on CPU tensors only; on meta (as on a GPU without its kernels) the composition takes over.
+/// Beyond the forward pass: key/value-cached steps, optimizer steps, steering and ablation hooks, and activation patching.
 /// </summary>
 [TestFixtureSource(typeof(Fixtures), nameof(Fixtures.AllModels))]
 public class MetaDeviceTests(string model)
@@ -67,5 +69,57 @@ public class MetaDeviceTests(string model)
         var logits = reference.Forward(MetaTokens(1, 5));
         Assert.That(logits.Device, Is.EqualTo(Device.Meta));
         reference.Loss(MetaTokens(1, 5)).Backward();
+    }
+
+    [Test]
+    public void KeyValueCachedStepsRunOnMeta()
+    {
+        using var bridge = LoadOnMeta();
+        using var scope = Torch.NewScope();
+        using var cache = bridge.NewKeyValueCache();
+        bridge.Forward(MetaTokens(2, 5), cache);
+        var step = bridge.Forward(MetaTokens(2, 1), cache);
+        Assert.That(step.Device, Is.EqualTo(Device.Meta));
+        Assert.That(step.Shape, Is.EqualTo(new long[] { 2, 1, bridge.Config.DVocab }));
+        Assert.That(cache.Length, Is.EqualTo(6));
+        Assert.That(Enumerable.Range(0, bridge.Config.NLayers).All(l => cache.Keys(l)!.Device == Device.Meta && cache.Values(l)!.Device == Device.Meta),
+            Is.True, "the cached keys and values stay on the model's device");
+    }
+
+    [Test]
+    public void OptimizerStepsRunOnMeta()
+    {
+        using var bridge = LoadOnMeta();
+        using var optimizer = new AdamW(bridge.Parameters(), lr: 1e-3, weightDecay: 0.01);
+        for (var step = 0; step < 2; step++)
+        {
+            using var scope = Torch.NewScope();
+            optimizer.ZeroGrad();
+            bridge.Loss(MetaTokens(2, 6)).Backward();
+            optimizer.Step();
+        }
+        Assert.That(bridge.Parameters().All(p => p.Device == Device.Meta), Is.True, "the step leaves every parameter on meta");
+        Assert.That(optimizer.State(0, 0, "exp_avg")!.Device, Is.EqualTo(Device.Meta), "and keeps its moments there");
+    }
+
+    [Test]
+    public void SteeringAblationAndPatchingRunOnMeta()
+    {
+        using var bridge = LoadOnMeta();
+        using var scope = Torch.NewScope();
+        // A direction made on the CPU, as a user would: the hook moves it to the activation's device.
+        var direction = Torch.Ones([bridge.Config.DModel]);
+        using (bridge.AddSteeringVector("blocks.0.hook_resid_pre", direction, 2.0, positions: [-1]))
+        using (bridge.AddMeanAblation("blocks.0.hook_resid_post", MetaTokens(3, 4)))
+            Assert.That(bridge.Forward(MetaTokens(2, 4)).Device, Is.EqualTo(Device.Meta));
+
+        var (_, clean) = bridge.RunWithCache(MetaTokens(1, 4));
+        using (clean)
+        {
+            PatchingMetric metric = logits => logits.Select(1, -1).Sum();
+            var result = Patching.GetActPatchResidPre(bridge, MetaTokens(1, 4), clean, metric);
+            Assert.That(result.Device, Is.EqualTo(Device.Meta));
+            Assert.That(result.Shape, Is.EqualTo(new long[] { bridge.Config.NLayers, 4 }));
+        }
     }
 }
