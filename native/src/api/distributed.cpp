@@ -428,10 +428,13 @@ sl_status sl_dist_all_gather(sl_process_group group, sl_tensor input, sl_tensor*
   check_device(g, t, "all_gather input");
   c10::NoGradGuard no_grad;
   std::vector<at::Tensor> inputs{t.contiguous()};
-  std::vector<std::vector<at::Tensor>> outputs(1);
-  for (int r = 0; r < g.size; ++r) outputs[0].push_back(at::empty_like(inputs[0]));
+  // The ranks' rows land directly in one [world, ...] tensor (unbind's rows are contiguous views), not stacked after.
+  auto shape = inputs[0].sizes().vec();
+  shape.insert(shape.begin(), g.size);
+  auto gathered = at::empty(shape, inputs[0].options());
+  std::vector<std::vector<at::Tensor>> outputs{gathered.unbind(0)};
   finish(g, g.backend->allgather(outputs, inputs, c10d::AllgatherOptions()), "all_gather");
-  *out = sl::new_handle(at::stack(outputs[0]));
+  *out = sl::new_handle(gathered);
   SL_CATCH
 }
 

@@ -296,7 +296,7 @@ sl_status sl_tensor_index_select(sl_tensor t, int64_t dim, sl_tensor index, sl_t
     // libtorch 1.13 has no meta kernel for index_select; advanced indexing along dim gives the same shape and has one.
     if (i.dim() > 1) throw sl::ArgumentError("index_select's index must be 1-D, got " + c10::str(i.sizes()));
     const int64_t d = c10::maybe_wrap_dim(dim, x.dim());
-    SL_OUT(out) = new_handle(at::index(x.transpose(0, d), {i}).transpose(0, d));
+    SL_OUT(out) = new_handle(at::index(x.transpose(0, d), {i.reshape({-1})}).transpose(0, d));  // a 0-d index keeps its dim, as index_select does
   }
   SL_CATCH
 }
@@ -327,9 +327,11 @@ sl_status sl_tensor_where(sl_tensor condition, sl_tensor a, sl_tensor b, sl_tens
   } else {
     // libtorch 1.13 has no meta kernel for where: the same shape, dtype and graph from arithmetic (meta has no values,
     // so the arithmetic's NaN behaviour does not matter there).
+    // Bool operands compute in uint8 (bool has no subtraction) and come back as bool.
     const auto type = at::result_type(x, y);
-    const auto pick = c.to(type);
-    SL_OUT(out) = new_handle(x.to(type) * pick + y.to(type) * (1 - pick));
+    const auto calc = type == at::kBool ? at::kByte : type;
+    const auto pick = c.to(calc);
+    SL_OUT(out) = new_handle((x.to(calc) * pick + y.to(calc) * (1 - pick)).to(type));
   }
   SL_CATCH
 }

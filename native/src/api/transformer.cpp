@@ -68,14 +68,16 @@ at::Tensor expand_kv_heads(const at::Tensor& kv, int64_t query_heads) {
   return kv.unsqueeze(3).expand({kv.size(0), kv.size(1), kv_heads, group, kv.size(3)}).reshape({kv.size(0), kv.size(1), query_heads, kv.size(3)});
 }
 
-// [p_q, p_k] bool on `device`, true where the rule of kernels/attention_rule.h hides key j from query i: the
-// composition's mask comes from the same function the kernels call, so no path restates the rule.
+// [p_q, p_k] bool on `device`, true where the rule of kernels/attention_rule.h hides key j from query i (j > i + offset,
+// or j <= i + offset - window with a window), built with tensor ops on the device itself: no host loop, no copy to a
+// GPU per layer, and only shapes on meta. AttentionContractTests hold this and every kernel to the rule as C# states it.
 at::Tensor hidden_keys(int64_t pq, int64_t pk, int64_t window, const at::Device& device) {
-  auto hidden = at::empty({pq, pk}, at::TensorOptions().dtype(at::kBool));
-  auto* h = hidden.data_ptr<bool>();
-  for (int64_t i = 0; i < pq; ++i)
-    for (int64_t j = 0; j < pk; ++j) h[i * pk + j] = !sl::kernels::visible(i, j, pk - pq, window);
-  return device.is_cpu() ? hidden : hidden.to(device);
+  const auto ids = at::TensorOptions().dtype(at::kLong).device(device);
+  const auto query_at = at::arange(pq, ids).unsqueeze(1).add(pk - pq);  // key position of query row i
+  const auto key = at::arange(pk, ids).unsqueeze(0);
+  auto hidden = key.gt(query_at);
+  if (window > 0) hidden = at::maximum(hidden, key.le(query_at.sub(window)));  // or of booleans (meta-safe, as below)
+  return hidden;
 }
 
 // The validated options of the C ABI.
@@ -199,6 +201,15 @@ at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
 }
 
+// x's first cos.size(-1) features rotated by (cos, sin) (each [.., rot], broadcast over x's heads), the rest passed on.
+at::Tensor rotate_with(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t rot = cos.size(-1);
+  const auto r = x.narrow(3, 0, rot);
+  auto rotated = r * cos + rotate_half(r) * sin;
+  if (rot == x.size(3)) return rotated;
+  return at::cat({rotated, x.narrow(3, rot, x.size(3) - rot)}, 3);
+}
+
 // The ATen composition: the path for dtypes and devices the kernel does not take (half precision, CUDA), and the
 // baseline that SL_ROTARY_COMPOSED selects for tests and benchmarks. Callers have run sl::kernels::check_rotary_args.
 at::Tensor composed_rotary(const at::Tensor& x, const at::Tensor& positions, int64_t rotary_dim, double base) {
@@ -206,11 +217,7 @@ at::Tensor composed_rotary(const at::Tensor& x, const at::Tensor& positions, int
   auto inv_freq = at::pow(base, at::arange(0, rotary_dim, 2, x.options().dtype(at::kDouble)) / rotary_dim).reciprocal();
   auto angles = positions.to(at::kDouble).unsqueeze(-1) * inv_freq;  // [b, p, rot/2]
   auto emb = at::cat({angles, angles}, -1).unsqueeze(2);                // [b, p, 1, rot]
-  auto cos = emb.cos().to(x.scalar_type()), sin = emb.sin().to(x.scalar_type());
-  auto rot = x.narrow(3, 0, rotary_dim);
-  auto rotated = rot * cos + rotate_half(rot) * sin;
-  if (rotary_dim == x.size(3)) return rotated;
-  return at::cat({rotated, x.narrow(3, rotary_dim, x.size(3) - rotary_dim)}, 3);
+  return rotate_with(x, emb.cos().to(x.scalar_type()), emb.sin().to(x.scalar_type()));
 }
 
 void check_rotary_implementation(int32_t implementation) {
@@ -236,15 +243,11 @@ at::Tensor rotary(int32_t implementation, const at::Tensor& x, const at::Tensor&
 // x rotated by a caller's cos/sin table [rows, 2, half] (see kernels/rotary.h): the kernel where it applies, else
 // the ATen composition from the same table.
 at::Tensor composed_rotary_table(const at::Tensor& x, const at::Tensor& table) {
-  const int64_t nb = x.size(0), np = x.size(1), half = table.size(2), rot = 2 * half;
-  const auto t = table.to(x.device(), x.scalar_type()).view({table.size(0) == np ? 1 : nb, np, 1, 2, half});
-  auto cos = t.select(3, 0), sin = t.select(3, 1);
-  cos = at::cat({cos, cos}, -1);
-  sin = at::cat({sin, sin}, -1);
-  auto r = x.narrow(3, 0, rot);
-  auto rotated = r * cos + rotate_half(r) * sin;
-  if (rot == x.size(3)) return rotated;
-  return at::cat({rotated, x.narrow(3, rot, x.size(3) - rot)}, 3);
+  const int64_t nb = x.size(0), np = x.size(1), half = table.size(2);
+  // A constant, as on the kernel path (which saves only the table): no gradient flows into it.
+  const auto t = table.detach().to(x.device(), x.scalar_type()).reshape({table.size(0) == np ? 1 : nb, np, 1, 2, half});
+  const auto cos = t.select(3, 0), sin = t.select(3, 1);
+  return rotate_with(x, at::cat({cos, cos}, -1), at::cat({sin, sin}, -1));
 }
 
 at::Tensor rotary_table(int32_t implementation, const at::Tensor& x, const at::Tensor& table) {
