@@ -43,6 +43,27 @@ public class KeyValueCacheTests(string model)
     }
 
     [Test]
+    public void APassAHookBreaksLeavesTheCacheAsTheLastCompletedPassLeftIt()
+    {
+        using var bridge = Load();
+        bridge.Config.Float32Islands = false;
+        using var scope = Torch.NewScope();
+        var full = bridge.Forward(Torch.FromArray(Sequence, 1, Sequence.Length));
+        using var cache = bridge.NewKeyValueCache();
+        bridge.Forward(Torch.FromArray(Sequence[..5], 1, 5), cache);
+        // Fails in the last block, after every earlier block appended the new position's keys and values.
+        var last = bridge.Config.NLayers - 1;
+        using (bridge.AddHook($"blocks.{last}.hook_resid_post", (_, _) => throw new InvalidOperationException("broken hook")))
+            Assert.That(() => bridge.Forward(Torch.FromArray(new[] { Sequence[5] }, 1, 1), cache), Throws.InstanceOf<HookException>());
+        Assert.That(cache.Length, Is.EqualTo(5));
+        for (var l = 0; l < bridge.Config.NLayers; l++)
+            Assert.That(cache.Keys(l)!.Size(1) == 5 && cache.Values(l)!.Size(1) == 5, Is.True, $"layer {l} holds the 5 completed positions");
+        // The same step again, now without the broken hook, continues the sequence exactly.
+        var step = bridge.Forward(Torch.FromArray(new[] { Sequence[5] }, 1, 1), cache);
+        Assert.That(Fixtures.MaxAbsDiff(full.Narrow(1, 5, 1), step), Is.LessThan(1e-12));
+    }
+
+    [Test]
     public void HooksSeeTheNewPositionsAndTheWholeCachedPattern()
     {
         using var bridge = Load(ScalarType.Float32);

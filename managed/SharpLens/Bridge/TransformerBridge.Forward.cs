@@ -24,6 +24,11 @@ public sealed partial class TransformerBridge
             cache?.Advance(tokens.Size(0), tokens.Size(1));
             return _computeCasts is null ? logits : logits.To(Config.DType);
         }
+        catch
+        {
+            cache?.Rollback();  // layers before the failure already appended this pass's positions
+            throw;
+        }
         finally
         {
             _computeCasts = null;

@@ -53,6 +53,27 @@ public sealed class KeyValueCache : IDisposable
         Length += positions;
     }
 
+    /// <summary>
+    /// Undoes the appends of a forward pass that failed part-way (a hook threw at some layer): layers it already extended
+    /// go back to the <see cref="Length"/> positions of the last completed pass, so the cache stays consistent and usable.
+    /// </summary>
+    internal void Rollback()
+    {
+        if (IsDisposed) return;
+        for (var i = 0; i < _keys.Length; i++)
+        {
+            _keys[i] = Truncated(_keys[i]);
+            _values[i] = Truncated(_values[i]);
+        }
+    }
+
+    private Tensor? Truncated(Tensor? cached)
+    {
+        if (cached is null || cached.Size(1) == Length) return cached;
+        using (cached)
+            return Length == 0 ? null : cached.Narrow(1, 0, Length).Contiguous().DetachFromScope();
+    }
+
     /// <summary>Checks that a forward pass of [batch, positions] may continue this cache in a model of <paramref name="context"/> positions.</summary>
     internal void CheckContinuation(long batch, long positions, long context)
     {
