@@ -87,9 +87,10 @@ public static class RotaryTables
         using var scope = Torch.NewScope();
         var (batch, pos) = (positions.Size(0), positions.Size(1));
         var rows = shared ? positions.Select(0, 0) : positions.Reshape(batch * pos);  // [rows]
-        // The longest position seen (dynamic and LongRoPE scaling depend on it); meta tensors hold no values, so there the
-        // unpadded length stands in.
-        var seqLen = pos == 0 ? 0 : positions.Device.Type == DeviceType.Meta ? pos : positions.Max().ToInt64() + 1;
+        // The longest position seen, which only dynamic and LongRoPE scaling depend on: read from the positions (a sync with
+        // the device) only for them; meta tensors hold no values, so there the unpadded length stands in.
+        var dependsOnLength = cfg.RopeScaling?.Type is RopeType.Dynamic or RopeType.LongRope;
+        var seqLen = !dependsOnLength || pos == 0 || positions.Device.Type == DeviceType.Meta ? pos : positions.Max().ToInt64() + 1;
         var invFreq = InvFreq(cfg, seqLen, positions.Device);
         var angles = rows.To(TableType(cfg)).Unsqueeze(1).Mul(invFreq.Unsqueeze(0));     // [rows, half], one rounding each
         Tensor cos = angles.Cos(), sin = angles.Sin();
