@@ -186,20 +186,20 @@ internal static class ViewCommand
         c.Options.Add(top);
         c.SetAction(parse => context.Execute(() =>
         {
-            Sae loaded;
-            try
+            var (bridge, ids, texts, _) = o.Load(parse);
+            using (bridge)
+            using (ids)
             {
-                loaded = Sae.Load(parse.GetValue(sae)!);
-            }
-            catch (FormatException e)
-            {
-                throw new CliException(e.Message, e);
-            }
-            using (loaded)
-            {
-                var (bridge, ids, texts, _) = o.Load(parse);
-                using (bridge)
-                using (ids)
+                Sae loaded;
+                try
+                {
+                    loaded = Sae.Load(parse.GetValue(sae)!, device: bridge.Config.Device);  // on the model's device
+                }
+                catch (FormatException e)
+                {
+                    throw new CliException(e.Message, e);
+                }
+                using (loaded)
                 using (var scope = Torch.NewScope())
                 {
                     if (!bridge.HookDict.ContainsKey(loaded.Config.HookName))

@@ -230,6 +230,37 @@ public class SaeTests : TempFolderTest
     }
 
     [Test]
+    public void GradientCachingWithTheErrorTermSkipsOnlyTheErrorTerm()
+    {
+        // SAELens computes the error term without a graph, so a gradient hook there never fires; every other hook point's
+        // gradient is cached as usual.
+        using var rig = new Rig(this, "tiny-gpt2", "blocks.0.hook_resid_post", 24, 11);
+        using var scope = Torch.NewScope();
+        using var splice = rig.Bridge.Splice(rig.Sae, useErrorTerm: true);
+        var (_, cache) = splice.RunWithCache(rig.Fixture["input_ids"], null, l => l.Select(1, -1).Sum());
+        using (cache)
+        {
+            Assert.That(cache.Keys, Does.Contain("blocks.0.hook_resid_post.hook_sae_acts_post_grad"));
+            Assert.That(cache.Keys, Does.Contain("blocks.0.hook_resid_post.hook_sae_error"));
+            Assert.That(cache.Keys, Does.Not.Contain("blocks.0.hook_resid_post.hook_sae_error_grad"));
+        }
+    }
+
+    [Test]
+    public void AnSaeGoesToTheModelsDeviceOrIsRefusedByName()
+    {
+        var dir = SaeOn("blocks.0.hook_resid_post", 64, 16, 5);
+        using var bridge = TransformerBridge.Load(Fixtures.Path("tiny-gpt2")).To(Device.Meta);
+        using (var onCpu = Sae.Load(dir))
+            Assert.That(() => bridge.Splice(onCpu), Throws.ArgumentException.With.Message.Contain("cpu").And.Message.Contain("meta"));
+        using var onMeta = Sae.Load(dir, device: Device.Meta);
+        Assert.That(onMeta.WDec.Device, Is.EqualTo(Device.Meta));
+        // Splicing is accepted; a forward on meta is not run here (libtorch 1.13 has no meta kernel for the SAE's ReLU).
+        using var splice = bridge.Splice(onMeta, useErrorTerm: true);
+        Assert.That(splice.Sae, Is.SameAs(onMeta));
+    }
+
+    [Test]
     public void AblatingAFeatureSubtractsItsDecoderDirection()
     {
         using var rig = new Rig(this, "tiny-gpt2", "blocks.0.hook_resid_post", 24, 11);

@@ -105,9 +105,10 @@ public sealed class Sae : IDisposable
     /// <summary>
     /// Loads an SAE folder in SAELens's format, in <paramref name="dtype"/> (default: cfg.json's dtype). With
     /// <c>expected_average_only_in</c> and a <c>norm_scaling_factor</c>, the factor is folded into the weights as SAELens does.
+    /// The weights go to <paramref name="device"/> (default the CPU): the device of the model it will be spliced into.
     /// </summary>
     /// <exception cref="FormatException">A missing or malformed file, a missing weight, or a weight of the wrong shape (named).</exception>
-    public static Sae Load(string directory, ScalarType? dtype = null)
+    public static Sae Load(string directory, ScalarType? dtype = null, Device? device = null)
     {
         var cfgPath = Path.Combine(directory, ConfigFile);
         var weightsPath = Path.Combine(directory, WeightsFile);
@@ -125,7 +126,7 @@ public sealed class Sae : IDisposable
         }
         try
         {
-            return FromWeights(config, loaded, dtype ?? config.ScalarDType, weightsPath);
+            return FromWeights(config, loaded, dtype ?? config.ScalarDType, device ?? Device.CPU, weightsPath);
         }
         finally
         {
@@ -133,11 +134,11 @@ public sealed class Sae : IDisposable
         }
     }
 
-    /// <summary>An SAE from weights by SAELens name (copied, in <paramref name="dtype"/>; default the config's dtype).</summary>
-    public static Sae FromWeights(SaeConfig config, IReadOnlyDictionary<string, Tensor> weights, ScalarType? dtype = null) =>
-        FromWeights(config, weights, dtype ?? config.ScalarDType, "the weights");
+    /// <summary>An SAE from weights by SAELens name (copied, in <paramref name="dtype"/>, default the config's dtype, onto <paramref name="device"/>, default the CPU).</summary>
+    public static Sae FromWeights(SaeConfig config, IReadOnlyDictionary<string, Tensor> weights, ScalarType? dtype = null, Device? device = null) =>
+        FromWeights(config, weights, dtype ?? config.ScalarDType, device ?? Device.CPU, "the weights");
 
-    private static Sae FromWeights(SaeConfig config, IReadOnlyDictionary<string, Tensor> weights, ScalarType dtype, string source)
+    private static Sae FromWeights(SaeConfig config, IReadOnlyDictionary<string, Tensor> weights, ScalarType dtype, Device device, string source)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(weights);
@@ -168,7 +169,7 @@ public sealed class Sae : IDisposable
                 if (!w.Shape.SequenceEqual(shape))
                     throw new FormatException($"{source}: '{name}' has shape {Tensor.FormatShape(w.Shape)}, expected {Tensor.FormatShape(shape)} for d_in {i}, d_sae {s}");
                 using var scope = Torch.NewScope();
-                result[name] = w.To(dtype, copy: true).Detach().DetachFromScope();
+                result[name] = w.To(device, dtype, copy: true).Detach().DetachFromScope();
             }
             if (config.NormalizeActivations == SaeNormalization.ExpectedAverageOnlyIn && config.NormScalingFactor is { } factor)
             {

@@ -42,7 +42,9 @@ public sealed class SaeSplice : IDisposable
             foreach (var name in Sae.HookDict.Keys.Where(n => namesFilter is null || namesFilter(n)))
             {
                 handles.Add(Sae.AddHook(name, HookAction.Cache(cache)));
-                if (backwardObjective is not null) handles.Add(Sae.AddHook(name, HookAction.CacheGradient(cache)));
+                // The error term is computed without a graph (as SAELens does): its gradient hook would never fire there.
+                if (backwardObjective is not null && !name.EndsWith(".hook_sae_error", StringComparison.Ordinal))
+                    handles.Add(Sae.AddHook(name, HookAction.CacheGradient(cache)));
             }
             return Model.RunWithCache(tokens, namesFilter, null, backwardObjective, cache);
         }
@@ -83,6 +85,9 @@ public static class SaeModelExtensions
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(sae);
+        if (sae.WDec.Device != model.Config.Device)
+            throw new ArgumentException($"the SAE for '{sae.Config.HookName}' is on {sae.WDec.Device} but the model is on {model.Config.Device}: " +
+                                        "load it with Sae.Load(directory, device: model.Config.Device)");
         return new SaeSplice(model, sae, useErrorTerm);
     }
 }
