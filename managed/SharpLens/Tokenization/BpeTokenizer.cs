@@ -53,7 +53,7 @@ public sealed partial class BpeTokenizer
         BosTokenId = ResolveSpecial(bosToken, "BOS");
         EosTokenId = ResolveSpecial(eosToken, "EOS");
         PadTokenId = ResolveSpecial(padToken, "padding");
-        PrependsBos = EncodeWithSpecialTokens("").Length > 0;
+        PrependsBos = _p.Template.PrefixIds.Length > 0;
     }
 
     private int? ResolveSpecial(string? token, string role)
@@ -93,9 +93,10 @@ public sealed partial class BpeTokenizer
     public int? PadTokenId { get; }
 
     /// <summary>
-    /// Whether encoding with special tokens puts tokens in front of the text (TransformerLens's
-    /// <c>tokenizer_prepends_bos</c>: <c>encode("")</c> is not empty), as the post-processors of Llama, Mistral and
-    /// Gemma do; GPT-2's, Llama 3's ByteLevel-only and Qwen's do not.
+    /// Whether encoding with special tokens puts tokens in front of the text, as the post-processors of Llama, Mistral and
+    /// Gemma do; GPT-2's, Llama 3's ByteLevel-only and Qwen's do not. TransformerLens's <c>tokenizer_prepends_bos</c> tests
+    /// <c>encode("")</c> instead, which agrees for all of these but is also true for a template that only appends EOS, where
+    /// <c>prepend_bos=False</c> would then drop the text's first token; this looks at the template's prefix.
     /// </summary>
     public bool PrependsBos { get; }
 
@@ -200,6 +201,9 @@ public sealed partial class BpeTokenizer
         var piece = _p.Normalizer is null
             ? new Piece(text, start, length, start == 0)
             : Piece.Of(_p.Normalizer.Normalize(text.Substring(start, length)), start == 0);
+        // Text the normalizer removed entirely (Strip between added tokens, a deleting Replace) gives no tokens, as in
+        // tokenizers, which drops empty splits before pre-tokenizing: no prefix space or metaspace for nothing.
+        if (piece.Span.Length == 0) return;
         if (_p.NormalizedAdded.IsEmpty)
         {
             PreTokenizeAndEncode(piece, ids, tokens);
