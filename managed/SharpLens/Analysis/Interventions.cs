@@ -119,7 +119,7 @@ public static class Ablation
         Tensor reference;
         using (var scope = Torch.NewScope()) reference = ReferenceActivation(model, hookName, referenceTokens).DetachFromScope();
         var rng = new Random(unchecked((int)seed ^ (int)(seed >> 32)));
-        var (headDim, posDim) = Dims(hookName, reference);
+        var (headDim, posDim) = HookAction.AblationDims(hookName, reference, heads is not null);
         var handle = model.AddHook(hookName, (activation, _) =>
         {
             var rows = activation.Size(0);
@@ -143,9 +143,5 @@ public static class Ablation
         using (cache) return cache[hookName].Clone();
     }
 
-    private static (int HeadDim, int PosDim) Dims(string hookName, Tensor activation) =>
-        hookName.EndsWith("hook_attn_scores", StringComparison.Ordinal) || hookName.EndsWith("hook_pattern", StringComparison.Ordinal) ? (1, 2)
-        : activation.Dim == 4 ? (2, 1) : (-1, 1);
-
-    private static int PositionDim(string hookName, Tensor activation) => Dims(hookName, activation).PosDim;
+    private static int PositionDim(string hookName, Tensor activation) => HookAction.AblationDims(hookName, activation, headsGiven: false).PosDim;
 }

@@ -72,20 +72,30 @@ public abstract class HookAction : IDisposable
         private protected override void Release() => _value.Dispose();
     }
 
+    /// <summary>
+    /// Where heads and positions sit in the activation of hook point <paramref name="name"/>: [batch, head, query, key] for
+    /// scores and patterns, [batch, pos, head, ...] for per-head activations, [batch, pos, ...] (no head, -1) otherwise.
+    /// Refuses heads where there is no head dimension and activations without a position dimension, naming the hook point.
+    /// </summary>
+    internal static (int HeadDim, int PosDim) AblationDims(string name, Tensor activation, bool headsGiven)
+    {
+        var (headDim, posDim) = name.EndsWith("hook_attn_scores", StringComparison.Ordinal) || name.EndsWith("hook_pattern", StringComparison.Ordinal) ? (1, 2)
+            : activation.Dim == 4 ? (2, 1)
+            : (-1, 1);
+        if (headDim < 0 && headsGiven)
+            throw new ArgumentException($"'{name}' has no head dimension (shape {Tensor.FormatShape(activation.Shape)}); ablate positions only there");
+        if (activation.Dim < 2)
+            throw new ArgumentException($"'{name}' has shape {Tensor.FormatShape(activation.Shape)}, which has no position dimension");
+        return (headDim, posDim);
+    }
+
     private sealed class AblateAction(long[]? heads, long[]? positions, Tensor? mean) : HookAction
     {
         private readonly Tensor? _mean = mean?.Alias().DetachFromScope();
 
         internal override Tensor Apply(Tensor activation, HookPoint hookPoint)
         {
-            var name = hookPoint.Name;
-            var (headDim, posDim) = name.EndsWith("hook_attn_scores") || name.EndsWith("hook_pattern") ? (1, 2)
-                : activation.Dim == 4 ? (2, 1)
-                : (-1, 1);
-            if (headDim < 0 && heads is not null)
-                throw new ArgumentException($"'{name}' has no head dimension (shape {Tensor.FormatShape(activation.Shape)}); ablate positions only there");
-            if (activation.Dim < 2)
-                throw new ArgumentException($"'{name}' has shape {Tensor.FormatShape(activation.Shape)}, which has no position dimension");
+            var (headDim, posDim) = AblationDims(hookPoint.Name, activation, heads is not null);
             return TransformerOps.Ablate(activation, headDim, heads, posDim, positions, _mean);
         }
 
