@@ -40,8 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_split(int32_t layout, const a
                               std::to_string(d_model) + ", got " + c10::str(w.sizes()));
     const int64_t d_head = w.size(1) / (3 * n_heads);
     auto qkv = b ? at::addmm(*b, x.reshape({batch * pos, d_model}), w) : x.reshape({batch * pos, d_model}).mm(w);
-    auto parts = qkv.view({batch, pos, 3, n_heads, d_head}).unbind(2);
-    return {parts[0], parts[1], parts[2]};
+    return sl::kernels::qkv_split_heads(0, qkv, batch, pos, n_heads, d_head);
   }
   if (layout == SL_QKV_HEAD_MAJOR_OUT_IN) {
     if (w.size(1) != d_model || w.size(0) % (3 * n_heads) != 0)
@@ -50,8 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_split(int32_t layout, const a
     const int64_t d_head = w.size(0) / (3 * n_heads);
     auto flat = x.reshape({batch * pos, d_model});
     auto qkv = b ? at::addmm(*b, flat, w.t()) : flat.mm(w.t());
-    auto parts = qkv.view({batch, pos, n_heads, 3, d_head}).unbind(3);
-    return {parts[0], parts[1], parts[2]};
+    return sl::kernels::qkv_split_heads(1, qkv, batch, pos, n_heads, d_head);
   }
   throw sl::ArgumentError("unknown QKV layout " + std::to_string(layout));
 }
@@ -255,7 +253,8 @@ at::Tensor rotary_table(int32_t implementation, const at::Tensor& x, const at::T
   check_rotary_implementation(implementation);
   const bool kernel = sl::kernels::rotary_table_supported(x, table);
   if (implementation == SL_ROTARY_FUSED && !kernel)
-    throw sl::ArgumentError("the rotary kernel needs a float32 or float64 CPU tensor x and a CPU table; got x " +
+    throw sl::ArgumentError("the rotary kernel needs a float32 or float64 CPU tensor x and a CPU table (in a CUDA build "
+                            "also a float32/float64/float16/bfloat16 CUDA x and a table on its device); got x " +
                             std::string(c10::toString(x.scalar_type())) + " on " + x.device().str() + ", table on " +
                             table.device().str());
   if (kernel && implementation != SL_ROTARY_COMPOSED) return sl::kernels::rotary_with_table(x, table);

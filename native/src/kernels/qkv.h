@@ -33,3 +33,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_project(int layout, const at:
                                                            const at::Tensor& b, int64_t n_heads);
 
 }  // namespace sl::kernels
+
+namespace sl::kernels {
+
+// The fused QKV projection's output split into per-head q, k, v in the attention kernels' layout: qkv
+// [batch * pos, 3 * h * d] in the given layout (0 part-major, 1 head-major, as above) -> (q, k, v), each
+// [batch, pos, h, d] as a transposed view of a contiguous [batch, h, pos, d] tensor, so the fused attention takes
+// them without a copy. One pass over qkv (the CUDA kernel native/cuda/qkv_split_cuda.cu for CUDA tensors of
+// float32/float64/float16/bfloat16, an ATen copy per part elsewhere), and one pass back in the backward (the
+// kernel's adjoint, writing the fused gradient once). Differentiable twice: split and merge are each other's
+// backward. Throws std::invalid_argument naming the shapes when qkv does not hold batch * pos rows of 3 * h * d.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_split_heads(int layout, const at::Tensor& qkv, int64_t batch,
+                                                               int64_t pos, int64_t n_heads, int64_t d_head);
+
+}  // namespace sl::kernels
