@@ -240,4 +240,40 @@ at::Tensor qkv_split_backward(QkvLayout layout, const at::Tensor& dq, const at::
   return dqkv;
 }
 
+bool rotary_table_supported(const at::Tensor& x, const at::Tensor& table) {
+  if (!x.defined() || !table.defined() || !x.is_cuda() || !table.is_cuda() || table.device() != x.device() ||
+      x.dim() != 4 || x.layout() != at::kStrided || !supported_dtype(x.scalar_type()) || !table.is_floating_point())
+    return false;
+  for (int64_t d = 0; d < 4; ++d)
+    if (x.stride(d) < 0) return false;
+  return true;
+}
+
+at::Tensor rotary_table_forward(const at::Tensor& x, const at::Tensor& table, bool inverse) {
+  constexpr const char* op = "rotary_table_forward";
+  if (!rotary_table_supported(x, table))
+    fail(op, describe("x", x) + ", " + describe("table", table) +
+                 ": expected a 4-D CUDA x of float32, float64, float16 or bfloat16 and a table on its device");
+  require_cuda(op, "table", table, x.device());
+  if (table.scalar_type() != x.scalar_type() || table.dim() != 3 || table.size(1) != 2)
+    fail(op, describe("table", table) + ": expected [rows, 2, half] in the dtype of " + describe("x", x));
+  sl::cuda::RotaryShape shape;
+  shape.batch = x.size(0);
+  shape.pos = x.size(1);
+  shape.heads = x.size(2);
+  shape.head_dim = x.size(3);
+  shape.half = table.size(2);
+  shape.table_rows = table.size(0);
+  for (int64_t d = 0; d < 4; ++d) shape.stride[d] = x.stride(d);
+  if (auto why = sl::cuda::rotary_shape_error(shape); !why.empty()) fail(op, describe("x", x) + ", " + describe("table", table) + ": " + why);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
+  auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  dispatch(x.scalar_type(), [&](auto type) {
+    using T = typename decltype(type)::type;
+    sl::cuda::rotary_forward<T>(shape, ptr<T>(x), ptr<T>(table), inverse, mut_ptr<T>(out), stream);
+  });
+  return out;
+}
+
 }  // namespace sl::kernels::cuda

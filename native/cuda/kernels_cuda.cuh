@@ -1,5 +1,5 @@
 // CUDA kernels of SharpLens over raw device pointers and a stream: fused causal attention (forward and
-// backward) and the split of fused QKV projections. Nothing here knows libtorch, so the kernels can be tested
+// backward), the split of fused QKV projections and table-driven rotary embeddings. Nothing here knows libtorch, so the kernels can be tested
 // standalone (tests/attention_cuda_test.cu); glue_cuda.cpp adapts them to at::Tensor.
 //
 // This header is plain C++ apart from the CUDA runtime types, so host compilers can include it too.
@@ -13,6 +13,8 @@
 
 #include <cstdint>
 #include <string>
+
+#include "rotary_element.cuh"
 
 namespace sl::cuda {
 
@@ -89,7 +91,15 @@ template <typename T>
 void qkv_split_backward(QkvLayout layout, const QkvShape& shape, const T* dq, const T* dk, const T* dv, T* dqkv,
                         cudaStream_t stream);
 
-// Instantiated in attention_cuda.cu and qkv_split_cuda.cu for these element types only.
+// Empty when rotary_forward takes this shape (see RotaryShape in rotary_element.cuh); otherwise why not.
+std::string rotary_shape_error(const RotaryShape& shape);
+
+// out [batch, pos, heads, head_dim] contiguous = x rotated by the table's angles (their negatives when inverse), one
+// element per thread by rotary_element (rotary_element.cuh). x and table must not overlap out.
+template <typename T>
+void rotary_forward(const RotaryShape& shape, const T* x, const T* table, bool inverse, T* out, cudaStream_t stream);
+
+// Instantiated in attention_cuda.cu, qkv_split_cuda.cu and rotary_cuda.cu for these element types only.
 #define SL_CUDA_DECLARE_KERNELS(T)                                                                                  \
   extern template std::string attention_unsupported_reason<T>(const AttentionShape&, int);                           \
   extern template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, const uint8_t*,   \
@@ -99,7 +109,8 @@ void qkv_split_backward(QkvLayout layout, const QkvShape& shape, const T* dq, co
                                              cudaStream_t);                                                          \
   extern template void qkv_split_forward<T>(QkvLayout, const QkvShape&, const T*, T*, T*, T*, cudaStream_t);       \
   extern template void qkv_split_backward<T>(QkvLayout, const QkvShape&, const T*, const T*, const T*, T*,         \
-                                             cudaStream_t);
+                                             cudaStream_t);                                                          \
+  extern template void rotary_forward<T>(const RotaryShape&, const T*, const T*, bool, T*, cudaStream_t);
 SL_CUDA_DECLARE_KERNELS(float)
 SL_CUDA_DECLARE_KERNELS(double)
 SL_CUDA_DECLARE_KERNELS(__half)

@@ -60,4 +60,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_split_forward(QkvLayout layou
 // dq, dk, dv [batch, heads, pos, d_head] -> dqkv [batch * pos, 3 * heads * d_head] in the given layout.
 at::Tensor qkv_split_backward(QkvLayout layout, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv);
 
+// True when rotary_table_forward takes x and the table: both CUDA tensors on one device, x of float32, float64,
+// float16 or bfloat16 with non-negative strides, the table of any floating dtype (cast to x's).
+bool rotary_table_supported(const at::Tensor& x, const at::Tensor& table);
+
+// x [b, p, h, d] (any non-negative strides) rotated by table [rows, 2, half] (rows = p or b * p; cos then sin,
+// already in x's dtype, contiguous) into a new contiguous tensor; by the opposite angles when inverse. Not autograd
+// aware: native/src/kernels/rotary_cpu.cpp's RotaryFunction wraps it as it wraps the CPU kernel.
+at::Tensor rotary_table_forward(const at::Tensor& x, const at::Tensor& table, bool inverse);
+
 }  // namespace sl::kernels::cuda

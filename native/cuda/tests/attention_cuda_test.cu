@@ -1,11 +1,13 @@
 // Standalone check of the CUDA kernels (no libtorch): the fused attention forward (out, lse) and backward
 // (dq, dk, dv) against a naive double-precision CPU reference written from the definition (masked softmax
 // attention and its analytic gradient, delta taken as sum_j P dP rather than rowsum(dout * out)), and the QKV
-// split and its adjoint against index arithmetic. One line per case; exit status 1 on any mismatch.
+// split and its adjoint against index arithmetic, and the rotary kernel's element function (rotary_element.cuh)
+// against the rotation in double, on the host (so machines without a GPU check it too) and, with a device, the
+// kernel against the host bit for bit. One line per case; exit status 1 on any mismatch.
 //
 // Build (native/cuda/check.sh does this, with the host compiler and architectures spelled out):
 //   nvcc -std=c++17 -I native/cuda native/cuda/tests/attention_cuda_test.cu native/cuda/attention_cuda.cu
-//        native/cuda/qkv_split_cuda.cu -o attention_cuda_test
+//        native/cuda/qkv_split_cuda.cu native/cuda/rotary_cuda.cu -o attention_cuda_test
 #include "kernels_cuda.cuh"
 
 #include <cuda_runtime.h>
@@ -27,6 +29,7 @@ using sl::cuda::accum_t;
 using sl::cuda::AttentionShape;
 using sl::cuda::QkvLayout;
 using sl::cuda::QkvShape;
+using sl::cuda::RotaryShape;
 
 int failures = 0;
 
@@ -289,6 +292,99 @@ void qkv_case(QkvLayout layout, const QkvShape& s) {
               static_cast<long long>(s.head_dim), static_cast<long long>(wrong), static_cast<long long>(wrong_back));
 }
 
+// Machine epsilon of T (2^-52, 2^-23, 2^-10, 2^-7).
+template <typename T>
+double epsilon_of() {
+  if constexpr (std::is_same_v<T, double>) return std::ldexp(1.0, -52);
+  else if constexpr (std::is_same_v<T, float>) return std::ldexp(1.0, -23);
+  else if constexpr (std::is_same_v<T, __half>) return std::ldexp(1.0, -10);
+  else return std::ldexp(1.0, -7);
+}
+
+enum class XLayout { Contiguous, HeadsFirst, ExpandedBatch };
+
+// x [b, p, h, d] stored contiguously, as the transposed view of a [b, h, p, d] tensor (what the QKV split hands over),
+// or expanded over the batch (stride 0, as an expanded gradient is); the table [rows, 2, half] of cos and sin values.
+// Every output element against the rotation in double: rotated features within 2 eps (|a c| + |b s|) (two rounded
+// products and one rounded sum, each within eps / 2 of its value), the others exact. With a device, the kernel must
+// equal the host's run of the same element function bit for bit.
+template <typename T>
+void rotary_case(const char* name, int64_t batch, int64_t pos, int64_t heads, int64_t d, int64_t half, bool per_row,
+                 XLayout layout, bool inverse, bool on_device) {
+  RotaryShape s;
+  s.batch = batch, s.pos = pos, s.heads = heads, s.head_dim = d, s.half = half;
+  s.table_rows = per_row ? batch * pos : pos;
+  const int64_t stored_batch = layout == XLayout::ExpandedBatch ? 1 : batch;
+  std::vector<T> x(static_cast<size_t>(stored_batch * pos * heads * d));
+  Normal normal(1000 + static_cast<uint64_t>(batch * 131 + pos * 17 + d));
+  for (T& v : x) v = from_double<T>(normal());
+  if (layout == XLayout::Contiguous) { s.stride[0] = pos * heads * d; s.stride[1] = heads * d; s.stride[2] = d; }
+  if (layout == XLayout::HeadsFirst) { s.stride[0] = heads * pos * d; s.stride[1] = d; s.stride[2] = pos * d; }
+  if (layout == XLayout::ExpandedBatch) { s.stride[0] = 0; s.stride[1] = heads * d; s.stride[2] = d; }
+  s.stride[3] = 1;
+  std::vector<T> table(static_cast<size_t>(s.table_rows * 2 * half));
+  for (int64_t r = 0; r < s.table_rows; ++r)
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = static_cast<double>(r % pos + r / pos) * std::pow(10000.0, -2.0 * static_cast<double>(i) / (2.0 * half));
+      table[static_cast<size_t>(r * 2 * half + i)] = from_double<T>(std::cos(angle));
+      table[static_cast<size_t>(r * 2 * half + half + i)] = from_double<T>(std::sin(angle));
+    }
+  const int64_t n = batch * pos * heads * d;
+  std::vector<T> host(static_cast<size_t>(n));
+  for (int64_t idx = 0; idx < n; ++idx) host[static_cast<size_t>(idx)] = sl::cuda::rotary_element(x.data(), table.data(), s, inverse, idx);
+  const double eps = epsilon_of<T>();
+  int64_t wrong = 0;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t p = 0; p < pos; ++p)
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t j = 0; j < d; ++j) {
+          const T* xr = x.data() + b * s.stride[0] + p * s.stride[1] + h * s.stride[2];
+          const double got = to_double(host[static_cast<size_t>(((b * pos + p) * heads + h) * d + j)]);
+          if (j >= 2 * half) {
+            if (got != to_double(xr[j])) ++wrong;
+            continue;
+          }
+          const int64_t row = per_row ? b * pos + p : p, i = j < half ? j : j - half;
+          const double c = to_double(table[static_cast<size_t>(row * 2 * half + i)]);
+          const double sn = to_double(table[static_cast<size_t>(row * 2 * half + half + i)]) * (inverse ? -1 : 1);
+          const double a = to_double(xr[i]), bb = to_double(xr[i + half]);
+          // first half: a c - b s; second half: b c + a s. The bound sums the magnitudes of the two products.
+          const double p1 = j < half ? a * c : bb * c, p2 = j < half ? -bb * sn : a * sn;
+          const double want = p1 + p2;
+          const double bound = 2 * eps * (std::fabs(p1) + std::fabs(p2)) + 1e-300;
+          if (!(std::fabs(got - want) <= bound)) ++wrong;
+        }
+  int64_t device_differs = -1;  // -1: not run on a device
+  if (on_device) {
+    DeviceArray<T> x_dev(x), table_dev(table), out_dev(static_cast<size_t>(n));
+    sl::cuda::rotary_forward<T>(s, x_dev.ptr, table_dev.ptr, inverse, out_dev.ptr, nullptr);
+    check_cuda(cudaDeviceSynchronize(), "rotary kernel");
+    const std::vector<T> device = out_dev.to_host();
+    device_differs = 0;
+    for (int64_t idx = 0; idx < n; ++idx)
+      if (to_double(device[static_cast<size_t>(idx)]) != to_double(host[static_cast<size_t>(idx)])) ++device_differs;
+  }
+  const bool ok = wrong == 0 && device_differs <= 0;
+  if (!ok) ++failures;
+  std::printf("%-4s rotary %-8s %-34s: %lld outside the bound on the host; %s\n", ok ? "ok" : "FAIL", name_of<T>(),
+              name, static_cast<long long>(wrong),
+              device_differs < 0 ? "device not run"
+                                 : (std::to_string(device_differs) + " device elements differ from the host").c_str());
+}
+
+void rotary_cases(bool on_device) {
+  for (bool inverse : {false, true}) {
+    rotary_case<double>("b2 p7 h3 d8 full, per position", 2, 7, 3, 8, 4, false, XLayout::Contiguous, inverse, on_device);
+    rotary_case<float>("b2 p7 h3 d8 full, per position", 2, 7, 3, 8, 4, false, XLayout::Contiguous, inverse, on_device);
+  }
+  rotary_case<float>("b3 p5 h2 d64 rot 16 (Pythia), per row", 3, 5, 2, 64, 8, true, XLayout::Contiguous, false, on_device);
+  rotary_case<double>("heads-first storage, rot 32 of 48", 2, 9, 4, 48, 16, false, XLayout::HeadsFirst, false, on_device);
+  rotary_case<float>("expanded batch (stride 0), per row", 3, 4, 2, 16, 8, true, XLayout::ExpandedBatch, true, on_device);
+  rotary_case<__half>("b2 p6 h2 d32, heads-first", 2, 6, 2, 32, 16, false, XLayout::HeadsFirst, false, on_device);
+  rotary_case<__nv_bfloat16>("b2 p6 h2 d32 rot 8, per row", 2, 6, 2, 32, 4, true, XLayout::Contiguous, true, on_device);
+  rotary_case<float>("one token", 1, 1, 1, 2, 1, false, XLayout::Contiguous, false, on_device);
+}
+
 // Bad shapes must be refused with an exception before anything is launched.
 void argument_checks() {
   const auto refused = [](const char* what, const AttentionShape& s) {
@@ -313,8 +409,10 @@ int main() {
   const cudaError_t e = cudaGetDeviceCount(&devices);
   if (e != cudaSuccess || devices == 0) {
     if (e != cudaSuccess) std::printf("cudaGetDeviceCount: %s\n", cudaGetErrorString(e));
-    std::printf("no CUDA device: compiled, not run\n");
-    return 0;
+    rotary_cases(false);  // the rotary element function on the host: needs no device
+    std::printf("no CUDA device: device kernels compiled, not run; host emulation %s: %d failure%s\n",
+                failures == 0 ? "PASS" : "FAIL", failures, failures == 1 ? "" : "s");
+    return failures == 0 ? 0 : 1;
   }
   int device = 0;
   check_cuda(cudaGetDevice(&device), "cudaGetDevice");
@@ -355,6 +453,7 @@ int main() {
     }
   qkv_case<__half>(QkvLayout::HeadMajor, QkvShape{2, 5, 2, 8});
   qkv_case<__nv_bfloat16>(QkvLayout::PartMajor, QkvShape{2, 5, 2, 8});
+  rotary_cases(true);
 
   std::printf("%s: %d failure%s\n", failures == 0 ? "PASS" : "FAIL", failures, failures == 1 ? "" : "s");
   return failures == 0 ? 0 : 1;

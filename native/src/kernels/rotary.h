@@ -44,7 +44,9 @@ std::pair<at::Tensor, at::Tensor> rotary_qk(const at::Tensor& q, const at::Tenso
 // rotate. Throws std::invalid_argument naming the shapes when the table does not fit x.
 void check_rotary_table(const at::Tensor& x, const char* name, const at::Tensor& table);
 
-// True when rotary_with_table's kernel takes x and the table (float32/float64 CPU x, CPU table of any float dtype).
+// True when rotary_with_table's kernel takes x and the table: a float32/float64 CPU x and a CPU table of any float
+// dtype, or in a CUDA build (SHARPLENS_WITH_CUDA) a float32/float64/float16/bfloat16 CUDA x and a table on its device
+// (native/cuda/rotary_cuda.cu, which rounds as the ATen composition does, op by op).
 bool rotary_table_supported(const at::Tensor& x, const at::Tensor& table);
 
 // x [b, p, h, d] (any strides) rotated by the table (cast to x's dtype) -> contiguous [b, p, h, d]; differentiable

@@ -12,6 +12,10 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#ifdef SHARPLENS_WITH_CUDA
+#include "kernels_cuda_glue.h"  // native/cuda: the same rotation for CUDA tensors
+#endif
+
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -100,6 +104,9 @@ inline void rotate_head(const T* __restrict x, int64_t xs, T* __restrict o, cons
 // (their negatives when inverse) into a new contiguous tensor. The table has a row per (batch, pos) row, or per
 // position when the batch rows share their positions (see cos_sin_table).
 at::Tensor rotate(const at::Tensor& x, const at::Tensor& table, bool inverse) {
+#ifdef SHARPLENS_WITH_CUDA
+  if (x.is_cuda()) return cuda::rotary_table_forward(x, table, inverse);
+#endif
   const int64_t nb = x.size(0), np = x.size(1), nh = x.size(2), d = x.size(3), half = table.size(2);
   const bool per_position = table.size(0) != nb * np;
   auto out = at::empty({nb, np, nh, d}, x.options().memory_format(at::MemoryFormat::Contiguous));
@@ -202,6 +209,9 @@ void check_rotary_table(const at::Tensor& x, const char* name, const at::Tensor&
 }
 
 bool rotary_table_supported(const at::Tensor& x, const at::Tensor& table) {
+#ifdef SHARPLENS_WITH_CUDA
+  if (x.defined() && x.is_cuda()) return cuda::rotary_table_supported(x, table);
+#endif
   return x.defined() && table.defined() && x.dim() == 4 && x.device().is_cpu() && x.layout() == at::kStrided &&
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) && table.device().is_cpu() &&
          table.layout() == at::kStrided;
@@ -210,7 +220,8 @@ bool rotary_table_supported(const at::Tensor& x, const at::Tensor& table) {
 at::Tensor rotary_with_table(const at::Tensor& x, const at::Tensor& table) {
   check_rotary_table(x, "x", table);
   if (!rotary_table_supported(x, table))
-    throw std::invalid_argument("the rotary kernel needs a float32 or float64 CPU tensor x and a CPU table, got " +
+    throw std::invalid_argument("the rotary kernel needs a float32 or float64 CPU tensor x and a CPU table (or, in a CUDA "
+                                "build, a float32/float64/float16/bfloat16 CUDA x and a table on its device), got " +
                                 std::string(c10::toString(x.scalar_type())) + " on " + x.device().str());
   // A table made by autograd-tracked ops must not carry its graph into the saved state: it is a constant here.
   return RotaryFunction::apply(x, table.detach().to(x.scalar_type()).contiguous(), false);
