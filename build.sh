@@ -6,6 +6,7 @@
 #   ./build.sh pack [DIR]  build, then write the NuGet packages SharpLens.Torch (with libsharplens.so) and SharpLens
 #                       to a local feed folder, DIR or build/feed (the version is Directory.Build.props's)
 #   ./build.sh demo     build, then run `lens demo` (train a small model, find its induction heads; options pass through)
+#   ./build.sh gpu-bundle  build, then pack what a GPU machine without .NET or BLAS needs into build/gpu-bundle
 #   ./build.sh gpu-check   on a GPU machine: build with the CUDA kernels against a CUDA libtorch, run the CUDA tests,
 #                          lens verify and lens bench on the GPU, write one JSON (see gpu_check below)
 #   ./build.sh cuda-check  compile the CUDA kernels with nvcc (no GPU or CUDA libtorch needed; --install fetches
@@ -95,16 +96,63 @@ run_bench() {
   dotnet run -c Release --project "$ROOT/perf/SharpLens.Perf" -- --summary "$ROOT/perf/results/summary.md" "$@"
 }
 
+# Everything a GPU machine without .NET or a system BLAS needs besides the sources (../shared/GPU.md), in one folder,
+# build/gpu-bundle (about 40 MB): this SDK's .NET runtime (dotnet-runtime.tar.xz), the BLAS libraries libsharplens's
+# CPU kernels link (blas.tar.xz) and the managed build, lens and the test assembly (managed.tar.xz). Carry that folder
+# with the sources and run ./build.sh gpu-check there: it unpacks what the machine lacks.
+gpu_bundle() {
+  build_all
+  local dir="$ROOT/build/gpu-bundle" dotnet_root fx
+  rm -rf "$dir" && mkdir -p "$dir/blas"
+  dotnet_root=$(dirname "$(readlink -f "$(command -v dotnet)")")
+  fx=$(ls -d "$dotnet_root"/shared/Microsoft.NETCore.App/*/ | sort -V | tail -1)
+  log "gpu-bundle: .NET runtime $(basename "$fx") from $dotnet_root"
+  tar -C "$dotnet_root" -cJf "$dir/dotnet-runtime.tar.xz" dotnet host/fxr "shared/Microsoft.NETCore.App/$(basename "$fx")"
+  local lib
+  for lib in libblas.so.3 libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do
+    local path; path=$(ldd "$NATIVE_BUILD/libsharplens.so" | awk -v l="$lib" '$1 == l {print $3}')
+    [ -n "$path" ] || { echo "gpu-bundle: libsharplens.so does not link $lib here (ldd)" >&2; exit 1; }
+    cp -L "$path" "$dir/blas/$lib"
+  done
+  tar -C "$dir" -cJf "$dir/blas.tar.xz" blas && rm -rf "$dir/blas"
+  tar -C "$ROOT" -cJf "$dir/managed.tar.xz" managed/SharpLens.Cli/bin/Release tests/SharpLens.Tests/bin/Release
+  du -sh "$dir"/* >&2
+  log "gpu-bundle: $(du -sh "$dir" | cut -f1) in $dir"
+}
+
+# Unpacks what build/gpu-bundle holds and this machine lacks: a .NET runtime when there is no dotnet, the BLAS libraries
+# when the system has no libblas.so.3 (and SHARPLENS_BLAS is not set), and the managed build when it is not here.
+use_gpu_bundle() {
+  local dir="$ROOT/build/gpu-bundle"
+  [ -d "$dir" ] || return 0
+  if ! command -v dotnet >/dev/null && [ -f "$dir/dotnet-runtime.tar.xz" ]; then
+    mkdir -p "$dir/dotnet" && tar -C "$dir/dotnet" -xJf "$dir/dotnet-runtime.tar.xz"
+    export DOTNET_ROOT="$dir/dotnet" PATH="$dir/dotnet:$PATH"
+    log "gpu-check: .NET runtime from the bundle ($(dotnet --list-runtimes | head -1))"
+  fi
+  if [ -z "${SHARPLENS_BLAS:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libblas\.so\.3 ' && [ -f "$dir/blas.tar.xz" ]; then
+    tar -C "$dir" -xJf "$dir/blas.tar.xz"
+    export SHARPLENS_BLAS="$dir/blas/libblas.so.3" LD_LIBRARY_PATH="$dir/blas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    log "gpu-check: BLAS from the bundle ($SHARPLENS_BLAS)"
+  fi
+  if [ ! -f "$ROOT/managed/SharpLens.Cli/bin/Release/net10.0/lens.dll" ] && [ -f "$dir/managed.tar.xz" ]; then
+    tar -C "$ROOT" -xJf "$dir/managed.tar.xz"
+    log "gpu-check: managed build from the bundle"
+  fi
+}
+
 # On a machine with an NVIDIA GPU: finds a CUDA libtorch (SHARPLENS_LIBTORCH, Torch_DIR, or the one inside a Python
 # PyTorch), builds libsharplens with the CUDA kernels for the GPU's architecture, runs the standalone CUDA kernel test,
-# the CUDA test subset (with a .NET SDK), lens verify --device cuda on every fixture and lens bench --device cuda
-# (GPT-2-small shape: 4 x 128 float32 and 8 x 1024 bfloat16), and writes everything to one JSON
-# (build/gpu-check/gpu-check.json; or the path given). Needs nvcc and nvidia-smi; the managed side needs `dotnet` (an SDK
-# to run the test subset, or just a runtime with binaries built elsewhere: DOTNET_ROOT and the managed/*/bin/Release output).
+# the CUDA test subset (SharpLens.Tests.dll run by its own entry point, so a .NET runtime is enough), lens verify
+# --device cuda on every fixture and lens bench --device cuda (GPT-2-small shape: 4 x 128 float32 and 8 x 1024
+# bfloat16), and writes everything to one JSON (build/gpu-check/gpu-check.json; or the path given), the logs beside it
+# in build/gpu-check. Needs nvcc and nvidia-smi; .NET, BLAS and the managed build come from build/gpu-bundle where the
+# machine has none (./build.sh gpu-bundle makes it on a development machine).
 gpu_check() {
   local out_json="${1:-$ROOT/build/gpu-check/gpu-check.json}" out_dir="$ROOT/build/gpu-check" started=$SECONDS
   mkdir -p "$out_dir" "$(dirname "$out_json")"
   command -v nvidia-smi >/dev/null || { echo "gpu-check: nvidia-smi not found: this machine has no NVIDIA driver" >&2; exit 1; }
+  use_gpu_bundle
   local torch_dir="${Torch_DIR:-}"
   [ -z "$torch_dir" ] && [ -n "${SHARPLENS_LIBTORCH:-}" ] && torch_dir="$SHARPLENS_LIBTORCH/share/cmake/Torch"
   if [ -z "$torch_dir" ] && command -v python3 >/dev/null; then
@@ -130,12 +178,16 @@ gpu_check() {
   local kernel_test
   kernel_test=$(CUDA_ARCHS="$arch" SHARPLENS_LIBTORCH="${SHARPLENS_LIBTORCH:-$(cd "$torch_dir/../../.." && pwd)}" "$ROOT/native/cuda/check.sh" 2>"$out_dir/cuda-check.log" | tail -1 || true)
   log "$kernel_test"
-  local tests="not run: no .NET SDK here (dotnet test)"
+  command -v dotnet >/dev/null || { echo "gpu-check: no dotnet here: carry build/gpu-bundle (./build.sh gpu-bundle)" >&2; exit 1; }
   if dotnet --list-sdks 2>/dev/null | grep -q .; then
-    dotnet build "$ROOT/Engine.sln" -c Release -nologo -v quiet -clp:ErrorsOnly >"$out_dir/dotnet-build.log" 2>&1
-    dotnet test "$ROOT/tests/SharpLens.Tests" -c Release --no-build -nologo --filter "TestCategory=CUDA" >"$out_dir/cuda-tests.log" 2>&1 || true
-    tests=$(grep -E "Passed!|Failed!" "$out_dir/cuda-tests.log" | tail -1 || true)
+    dotnet build "$ROOT/Engine.sln" -c Release -nologo -v quiet -clp:ErrorsOnly >"$out_dir/dotnet-build.log" 2>&1 ||
+      { tail -20 "$out_dir/dotnet-build.log"; echo "gpu-check: dotnet build failed" >&2; exit 1; }
   fi
+  local tests test_dll="$ROOT/tests/SharpLens.Tests/bin/Release/net10.0/SharpLens.Tests.dll"
+  [ -f "$test_dll" ] || { echo "gpu-check: $test_dll is missing: build the managed side (./build.sh) or carry build/gpu-bundle" >&2; exit 1; }
+  dotnet "$test_dll" --category CUDA >"$out_dir/cuda-tests.log" 2>&1 || true
+  tests=$(tail -1 "$out_dir/cuda-tests.log")
+  log "CUDA tests: $tests"
   local lens="$ROOT/managed/SharpLens.Cli/bin/Release/net10.0/lens.dll" verify=() bench=()
   [ -f "$lens" ] || { echo "gpu-check: $lens is missing: build the managed side (./build.sh) and carry it here" >&2; exit 1; }
   for fixture in "$ROOT"/tests/fixtures/tiny-*; do
@@ -172,5 +224,6 @@ case "${1:-build}" in
   demo) shift; build_all; dotnet "$ROOT/managed/SharpLens.Cli/bin/Release/net10.0/lens.dll" demo "$@" ;;
   cuda-check) shift; "$ROOT/native/cuda/check.sh" "$@" ;;
   gpu-check) shift; gpu_check "$@" ;;
-  *) echo "usage: ./build.sh [build|test|bench|pack [DIR]|demo|cuda-check|gpu-check [OUT.json]]" >&2; exit 2 ;;
+  gpu-bundle) gpu_bundle ;;
+  *) echo "usage: ./build.sh [build|test|bench|pack [DIR]|demo|cuda-check|gpu-bundle|gpu-check [OUT.json]]" >&2; exit 2 ;;
 esac
