@@ -9,6 +9,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/Optional.h>  // c10::optional by name: 2.x headers reach it only indirectly (an alias of std::optional since 2.2)
 
 #include "../src/kernels/attention_rule.h"  // relative: the glue also compiles without native/src on the path (check.sh)
 

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/Optional.h>  // c10::optional by name: 2.x headers reach it only indirectly (an alias of std::optional since 2.2)
 
 #include <cstdint>
 #include <tuple>
