@@ -360,12 +360,14 @@ internal static class TokenizerOracle
         }
 
         // tokenizer_config.json's add_bos_token/add_eos_token: ours reads the real Llama 2 file with a config that
-        // asks for EOS too; the oracle (which reads no config) runs a file whose post-processor does the same.
+        // asks for EOS too; the oracle (which reads no config) runs a file whose post-processor does the same. The
+        // config names Llama's class, as Llama 2's does: transformers honours the flags only for such classes.
         {
             var oracleJson = Parsed("llama2").DeepClone().AsObject();
             oracleJson["post_processor"] = Template("<s>=1", "$A", "</s>=2");
             var oracleDir = WriteVariant("llama2-template-bos-eos", oracleJson, config: null);
-            var config = Obj(("add_bos_token", true), ("add_eos_token", true), ("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"));
+            var config = Obj(("tokenizer_class", "LlamaTokenizer"), ("add_bos_token", true), ("add_eos_token", true), ("bos_token", "<s>"),
+                ("eos_token", "</s>"), ("unk_token", "<unk>"));
             var ourDir = WriteVariant("llama2-config-add-eos", Parsed("llama2").DeepClone().AsObject(), config);
             cases["llama2-config-add-eos"] = new Case("llama2-config-add-eos", ourDir, Path.Combine(oracleDir, "tokenizer.json"), FromDirectory: true,
                 corpus.Take(400).ToList(), []);

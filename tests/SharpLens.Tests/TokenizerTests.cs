@@ -523,6 +523,117 @@ public class TokenizerTests
         Assert.That(noBos.PadTokenId, Is.Null);
     }
 
+    // ------------------------------------------------------------------ add_bos_token / add_eos_token by tokenizer class
+
+    /// <summary>
+    /// The tiny tokenizer.json plus special added tokens &lt;s&gt; = 12 and &lt;/s&gt; = 13, with a TemplateProcessing
+    /// post-processor made of <paramref name="template"/> ("&lt;s&gt;", "$A", "&lt;/s&gt;"; none for no post-processor),
+    /// and the given tokenizer_config.json and config.json (null: no such file). Returns the folder.
+    /// </summary>
+    private string WriteClassCase(string name, string[] template, string? tokenizerConfig, string? modelConfig = null)
+    {
+        var path = WriteTinyTokenizerJson(name, TinyMerges, extraAdded: [AddedTokenJson(12, "<s>", true), AddedTokenJson(13, "</s>", true)]);
+        var json = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        if (template.Length > 0)
+        {
+            var single = new JsonArray();
+            var specials = new JsonObject();
+            foreach (var t in template)
+            {
+                if (t == "$A")
+                {
+                    single.Add(new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "A", ["type_id"] = 0 } });
+                    continue;
+                }
+                single.Add(new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = t, ["type_id"] = 0 } });
+                specials[t] = new JsonObject { ["id"] = t, ["ids"] = new JsonArray(t == "<s>" ? 12 : 13), ["tokens"] = new JsonArray(t) };
+            }
+            json["post_processor"] = new JsonObject { ["type"] = "TemplateProcessing", ["single"] = single, ["pair"] = new JsonArray(), ["special_tokens"] = specials };
+        }
+        File.WriteAllText(path, json.ToJsonString());
+        var dir = Path.GetDirectoryName(path)!;
+        if (tokenizerConfig is not null) File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), tokenizerConfig);
+        if (modelConfig is not null) File.WriteAllText(Path.Combine(dir, "config.json"), modelConfig);
+        return dir;
+    }
+
+    // The flags disagree with the template in every case, so each expectation says which of the two transformers 4.44.2
+    // follows: "abc" alone is [6]; <s> is 12, </s> is 13. Worked out from the classes' constructors (see TokenizerClassRule).
+    private const string SpecialNames = """ "bos_token": "<s>", "eos_token": "</s>" """;
+
+    // Llama-family classes: update_post_processor() replaces the template by the flags...
+    [TestCase("llama-flags", new[] { "<s>", "$A", "</s>" }, """{"tokenizer_class": "LlamaTokenizer", "add_bos_token": false, "add_eos_token": true, """ + SpecialNames + "}", new[] { 6, 13 })]
+    [TestCase("llama-fast-name", new[] { "$A" }, """{"tokenizer_class": "LlamaTokenizerFast", "add_bos_token": true, "add_eos_token": true, """ + SpecialNames + "}", new[] { 12, 6, 13 })]
+    [TestCase("gemma-flags", new[] { "<s>", "$A" }, """{"tokenizer_class": "GemmaTokenizer", "add_bos_token": false, """ + SpecialNames + "}", new[] { 6 })]
+    [TestCase("code-llama-flags", new[] { "<s>", "$A" }, """{"tokenizer_class": "CodeLlamaTokenizer", "add_eos_token": true, """ + SpecialNames + "}", new[] { 12, 6, 13 })]
+    [TestCase("cohere-flags", new[] { "<s>", "$A" }, """{"tokenizer_class": "CohereTokenizerFast", "add_bos_token": false, """ + SpecialNames + "}", new[] { 6 })]
+    // ...with the class defaults (BOS yes, EOS no) when the config leaves a flag out, even with no flag at all...
+    [TestCase("llama-defaults", new[] { "$A", "</s>" }, """{"tokenizer_class": "LlamaTokenizer", """ + SpecialNames + "}", new[] { 12, 6 })]
+    // ...and an explicit null is Python's None, which is false.
+    [TestCase("llama-null", new[] { "<s>", "$A" }, """{"tokenizer_class": "LlamaTokenizer", "add_bos_token": null, """ + SpecialNames + "}", new[] { 6 })]
+    // GPT-NeoX does the same with defaults BOS no, EOS no.
+    [TestCase("neox-defaults", new[] { "<s>", "$A" }, """{"tokenizer_class": "GPTNeoXTokenizer", """ + SpecialNames + "}", new[] { 6 })]
+    [TestCase("neox-flags", new[] { "$A" }, """{"tokenizer_class": "GPTNeoXTokenizer", "add_eos_token": true, """ + SpecialNames + "}", new[] { 6, 13 })]
+    // Every other class ignores both flags: the template decides.
+    [TestCase("qwen2-template", new[] { "$A", "</s>" }, """{"tokenizer_class": "Qwen2Tokenizer", "add_bos_token": true, "add_eos_token": false, """ + SpecialNames + "}", new[] { 6, 13 })]
+    [TestCase("gpt2-template", new string[0], """{"tokenizer_class": "GPT2Tokenizer", "add_bos_token": true, "add_eos_token": true, """ + SpecialNames + "}", new[] { 6 })]
+    [TestCase("pretrained-fast-template", new[] { "<s>", "$A" }, """{"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": false, "add_eos_token": true, """ + SpecialNames + "}", new[] { 12, 6 })]
+    [TestCase("custom-class-template", new[] { "<s>", "$A" }, """{"tokenizer_class": "SomeRemoteTokenizer", "add_bos_token": false, """ + SpecialNames + "}", new[] { 12, 6 })]
+    public void AddBosEosFlagsFollowTheTokenizerClass(string name, string[] template, string config, int[] expected)
+    {
+        var tok = BpeTokenizer.FromDirectory(WriteClassCase(name, template, config));
+        Assert.That(tok.EncodeWithSpecialTokens("abc"), Is.EqualTo(expected));
+        Assert.That(tok.PrependsBos, Is.EqualTo(expected[0] == 12));
+    }
+
+    [Test]
+    public void WithoutTokenizerClassTheModelTypeDecides()
+    {
+        // AutoTokenizer falls back on config.json: its tokenizer_class, else its model_type's class.
+        const string config = """{"add_bos_token": false, "add_eos_token": true, """ + SpecialNames + "}";
+        string[] template = ["<s>", "$A"];
+        Assert.That(BpeTokenizer.FromDirectory(WriteClassCase("type-mistral", template, config, """{"model_type": "mistral"}"""))
+            .EncodeWithSpecialTokens("abc"), Is.EqualTo(new[] { 6, 13 }));
+        Assert.That(BpeTokenizer.FromDirectory(WriteClassCase("type-qwen2", template, config, """{"model_type": "qwen2"}"""))
+            .EncodeWithSpecialTokens("abc"), Is.EqualTo(new[] { 12, 6 }));
+        Assert.That(BpeTokenizer.FromDirectory(WriteClassCase("config-class", template, config, """{"model_type": "qwen2", "tokenizer_class": "LlamaTokenizer"}"""))
+            .EncodeWithSpecialTokens("abc"), Is.EqualTo(new[] { 6, 13 }));
+        // No class anywhere (transformers would refuse the folder): the template is kept.
+        Assert.That(BpeTokenizer.FromDirectory(WriteClassCase("no-class", template, config))
+            .EncodeWithSpecialTokens("abc"), Is.EqualTo(new[] { 12, 6 }));
+        // A model type whose class ignores the flags, with no tokenizer_config.json at all.
+        Assert.That(BpeTokenizer.FromDirectory(WriteClassCase("type-gpt2-no-config", template, null, """{"model_type": "gpt2"}"""))
+            .EncodeWithSpecialTokens("abc"), Is.EqualTo(new[] { 12, 6 }));
+    }
+
+    [Test]
+    public void FlagClassesTakeTheirDefaultSpecialTokens()
+    {
+        // LlamaTokenizerFast's constructor defaults are bos "<s>", eos "</s>": with no bos_token in any file, BOS is <s>
+        // (12), not the <|endoftext|> (9) taken by convention from tokenizer.json; GPT-NeoX's default is <|endoftext|>.
+        var llama = BpeTokenizer.FromDirectory(WriteClassCase("llama-default-tokens", ["$A"], """{"tokenizer_class": "LlamaTokenizer", "add_eos_token": true}"""));
+        Assert.That((llama.BosTokenId, llama.EosTokenId), Is.EqualTo((12, 13)));
+        Assert.That(llama.EncodeWithSpecialTokens("abc"), Is.EqualTo(new[] { 12, 6, 13 }));
+        var neox = BpeTokenizer.FromDirectory(WriteClassCase("neox-default-tokens", ["$A"], """{"tokenizer_class": "GPTNeoXTokenizer", "add_bos_token": true}"""));
+        Assert.That(neox.EncodeWithSpecialTokens("abc"), Is.EqualTo(new[] { 9, 6 }));
+        // An explicit null BOS with the class's default add_bos_token=True is an error in transformers too.
+        var ex = Assert.Throws<TokenizerFormatException>(() => BpeTokenizer.FromDirectory(
+            WriteClassCase("llama-null-bos", ["$A"], """{"tokenizer_class": "LlamaTokenizer", "bos_token": null}""")));
+        Assert.That(ex!.Message, Does.Contain("add_bos_token is true for LlamaTokenizerFast"));
+    }
+
+    [Test]
+    public void Gpt2VocabAndMergesHonourOnlyAddBos()
+    {
+        // Without tokenizer.json, transformers converts GPT2Tokenizer: GPT2Converter puts BOS (<|endoftext|>, 9) in front
+        // when add_bos_token is true and ignores add_eos_token; Qwen2's converter adds nothing.
+        var dir = WriteTinyVocabAndMerges("files-gpt2");
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), """{"tokenizer_class": "GPT2Tokenizer", "add_bos_token": true, "add_eos_token": true}""");
+        Assert.That(BpeTokenizer.FromDirectory(dir).EncodeWithSpecialTokens("abc"), Is.EqualTo(new[] { 9, 6 }));
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), """{"tokenizer_class": "Qwen2Tokenizer", "add_bos_token": true, "add_eos_token": true, "bos_token": "<|endoftext|>"}""");
+        Assert.That(BpeTokenizer.FromDirectory(dir).EncodeWithSpecialTokens("abc"), Is.EqualTo(new[] { 6 }));
+    }
+
     [Test]
     public void WithSpecialTokens()
     {

@@ -47,9 +47,13 @@ public sealed partial class BpeTokenizer
     /// and other special tokens are then taken from <c>tokenizer_config.json</c> and
     /// <c>special_tokens_map.json</c> (the latter wins, as in transformers), each given as a string or as
     /// <c>{"content": ...}</c>; a special token the vocabulary lacks is appended as transformers does.
-    /// Where tokenizer_config.json sets <c>add_bos_token</c> or <c>add_eos_token</c>, those decide the special
-    /// tokens put around a text (BOS in front, EOS behind), replacing the tokenizer.json post-processor, as
-    /// transformers' Llama and Gemma tokenizers do.
+    /// Which special tokens go around a text follows transformers 4.44.2's <c>AutoTokenizer</c>, by the tokenizer class
+    /// (tokenizer_config.json's <c>tokenizer_class</c>, else config.json's <c>tokenizer_class</c> or <c>model_type</c>):
+    /// the Llama, Code Llama, Gemma, Cohere and GPT-NeoX classes replace the tokenizer.json post-processor with BOS in
+    /// front and EOS behind as <c>add_bos_token</c>/<c>add_eos_token</c> say (defaults: BOS only, or nothing for
+    /// GPT-NeoX), and take their class's BOS/EOS when no file names one; every other class (Qwen2, GPT-2,
+    /// <c>PreTrainedTokenizerFast</c> as Llama 3 uses, ...) ignores the two flags and keeps the post-processor, except
+    /// that GPT-2's vocab.json/merges.txt get BOS in front when add_bos_token is true, as transformers' conversion does.
     /// </summary>
     /// <exception cref="DirectoryNotFoundException">The folder does not exist.</exception>
     /// <exception cref="FileNotFoundException">The folder holds neither tokenizer.json nor vocab.json with merges.txt; the message names the folder and the files.</exception>
@@ -88,16 +92,22 @@ public sealed partial class BpeTokenizer
         }
 
         var config = new TokenizerConfig();
-        config.Read(Path.Combine(modelDir, "tokenizer_config.json"), def, readAddedTokensDecoder: true);
-        config.Read(Path.Combine(modelDir, "special_tokens_map.json"), def, readAddedTokensDecoder: false);
-        def.Bos = config.Get("bos_token", def.Bos);
-        def.Eos = config.Get("eos_token", def.Eos);
+        config.Read(Path.Combine(modelDir, "tokenizer_config.json"), def, isTokenizerConfig: true);
+        config.Read(Path.Combine(modelDir, "special_tokens_map.json"), def, isTokenizerConfig: false);
+        var rule = TokenizerClassRule.For(modelDir, config.TokenizerClass);
+        // A role no file names takes the class's constructor default, as in transformers (Llama's "<s>", ...).
+        def.Bos = config.Get("bos_token", rule.DefaultBos ?? def.Bos);
+        def.Eos = config.Get("eos_token", rule.DefaultEos ?? def.Eos);
         def.Pad = config.Get("pad_token", def.Pad);
         var unk = config.Get("unk_token", defaultUnk);
         foreach (var (token, where) in new[] { (def.Bos, "bos_token"), (def.Eos, "eos_token"), (unk, "unk_token"), (def.Pad, "pad_token") })
             if (token is not null) def.EnsureSpecial(token, config.SourceOf(where) ?? def.Source);
         foreach (var (token, source) in config.Additional) def.EnsureSpecial(token, source);
-        if (config.AddBos is not null || config.AddEos is not null) def.UseBosEosTemplate(config.AddBos ?? false, config.AddEos ?? false, config.FlagSource!);
+        var flagSource = config.FlagSource ?? Path.Combine(modelDir, "tokenizer_config.json");
+        if (rule.FlagsDecide)
+            def.UseBosEosTemplate(config.AddBos ?? rule.DefaultAddBos, config.AddEos ?? rule.DefaultAddEos, flagSource, rule.ClassName!);
+        else if (rule.IsGpt2 && !File.Exists(tokenizerJson) && config.AddBos == true)
+            def.UseBosEosTemplate(addBos: true, addEos: false, flagSource, rule.ClassName!);
         return def.Build();
     }
 
@@ -262,12 +272,16 @@ public sealed partial class BpeTokenizer
             if (Added.Any(t => t.Content == EndOfText)) Bos = Eos = EndOfText;
         }
 
-        /// <summary>transformers' <c>update_post_processor</c>: BOS before the text if asked, EOS after it if asked.</summary>
-        public void UseBosEosTemplate(bool addBos, bool addEos, string source)
+        /// <summary>
+        /// transformers' <c>update_post_processor</c>: BOS before the text if asked, EOS after it if asked, replacing
+        /// the post-processor. <paramref name="className"/> names the tokenizer class in errors, since a flag may be
+        /// that class's default rather than written in <paramref name="source"/>.
+        /// </summary>
+        public void UseBosEosTemplate(bool addBos, bool addEos, string source, string className)
         {
             string[] prefix = [], suffix = [];
-            if (addBos) prefix = [Bos ?? throw new TokenizerFormatException(source, "add_bos_token is true but there is no bos_token")];
-            if (addEos) suffix = [Eos ?? throw new TokenizerFormatException(source, "add_eos_token is true but there is no eos_token")];
+            if (addBos) prefix = [Bos ?? throw new TokenizerFormatException(source, $"add_bos_token is true for {className} but there is no bos_token")];
+            if (addEos) suffix = [Eos ?? throw new TokenizerFormatException(source, $"add_eos_token is true for {className} but there is no eos_token")];
             Template = new SpecialTokenTemplate(prefix.Select(IdOf).ToArray(), prefix, suffix.Select(IdOf).ToArray(), suffix);
 
             int IdOf(string token) => Added.FirstOrDefault(t => t.Content == token)?.Id ??
@@ -336,9 +350,14 @@ public sealed partial class BpeTokenizer
 
         public List<(string Token, string Source)> Additional { get; } = [];
 
+        /// <summary>add_bos_token: null when no file has it; an explicit null is false (transformers passes None, which is falsy).</summary>
         public bool? AddBos { get; private set; }
 
+        /// <summary>add_eos_token, as <see cref="AddBos"/>.</summary>
         public bool? AddEos { get; private set; }
+
+        /// <summary>tokenizer_config.json's tokenizer_class (AutoTokenizer reads it from that file only).</summary>
+        public string? TokenizerClass { get; private set; }
 
         /// <summary>The file that set add_bos_token/add_eos_token.</summary>
         public string? FlagSource { get; private set; }
@@ -348,7 +367,8 @@ public sealed partial class BpeTokenizer
 
         public string? SourceOf(string role) => _values.TryGetValue(role, out var v) ? v.Source : null;
 
-        public void Read(string path, Definition def, bool readAddedTokensDecoder)
+        /// <summary>Reads one file if it exists; <paramref name="isTokenizerConfig"/>: tokenizer_config.json, whose added_tokens_decoder and tokenizer_class are read too.</summary>
+        public void Read(string path, Definition def, bool isTokenizerConfig)
         {
             if (!File.Exists(path)) return;
             using var doc = TokenizerJson.Parse(path);
@@ -357,7 +377,7 @@ public sealed partial class BpeTokenizer
             if (root.ValueKind != JsonValueKind.Object) throw json.Invalid("the top level is not a JSON object");
 
             // Newer transformers list every added token here, keyed by id; tokenizer.json usually has them too.
-            if (readAddedTokensDecoder && root.TryGetProperty("added_tokens_decoder", out var decoder) && decoder.ValueKind == JsonValueKind.Object)
+            if (isTokenizerConfig && root.TryGetProperty("added_tokens_decoder", out var decoder) && decoder.ValueKind == JsonValueKind.Object)
             {
                 foreach (var p in decoder.EnumerateObject())
                 {
@@ -377,12 +397,14 @@ public sealed partial class BpeTokenizer
                     if (TokenText(json, e, "additional_special_tokens") is { } token) Additional.Add((token, path));
             }
 
-            if (root.TryGetProperty("add_bos_token", out var addBos) && addBos.ValueKind != JsonValueKind.Null)
+            if (isTokenizerConfig) TokenizerClass = json.OptionalString(root, "tokenizer_class", "the top level");
+
+            if (root.TryGetProperty("add_bos_token", out _))
             {
                 AddBos = json.OptionalBool(root, "add_bos_token", "the top level");
                 FlagSource = path;
             }
-            if (root.TryGetProperty("add_eos_token", out var addEos) && addEos.ValueKind != JsonValueKind.Null)
+            if (root.TryGetProperty("add_eos_token", out _))
             {
                 AddEos = json.OptionalBool(root, "add_eos_token", "the top level");
                 FlagSource = path;
