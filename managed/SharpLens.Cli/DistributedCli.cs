@@ -16,7 +16,8 @@ internal sealed class DistributedOptions
 
     public Option<double> Timeout { get; } = new("--dist-timeout")
     {
-        Description = "Seconds any distributed wait may take (reaching the store, joining the group, a collective, no chunk finishing)",
+        Description = "Seconds any distributed wait may take (reaching the store, joining the group, a collective), and how long a rank's heartbeat " +
+                      "may stay silent before the others declare it dead (a live rank keeps beating however long its work takes)",
         DefaultValueFactory = _ => 300, HelpName = "SECONDS",
     };
 

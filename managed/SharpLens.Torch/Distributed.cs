@@ -150,7 +150,15 @@ public static unsafe class Distributed
         {
             using var groupStore = store.WithPrefix($"sharplens/{e.RestartCount}/pg");
             var group = ProcessGroup.Create(groupStore, e.Rank, e.WorldSize, timeout, backend);
-            return new DistributedSession(e, store, group, timeout);
+            try
+            {
+                return new DistributedSession(e, store, group, timeout);
+            }
+            catch
+            {
+                group.Dispose();
+                throw;
+            }
         }
         catch
         {
@@ -168,34 +176,56 @@ public static unsafe class Distributed
 
 /// <summary>
 /// This process's membership of a job: its <see cref="Rank"/> in <see cref="WorldSize"/>, the job's <see cref="Store"/>
-/// and its <see cref="Group"/>. Dispose it to leave (process group first, then the store).
+/// and its <see cref="Group"/>. While it is open, a background thread sends this rank's heartbeat through the store, so the
+/// other ranks can tell a rank that is alive but busy (however long its work takes) from one that died or hangs
+/// (<see cref="FindUnresponsive"/>). Dispose it to leave (heartbeat first, then the process group, then the store).
 /// </summary>
 public sealed class DistributedSession : IDisposable
 {
+    private readonly DistributedHeartbeat _heartbeat;
+    private readonly HeartbeatWatch _watch;
+
     internal DistributedSession(DistributedEnvironment environment, DistributedStore store, ProcessGroup group, TimeSpan timeout)
     {
         Environment = environment;
         Store = store;
         Group = group;
         Timeout = timeout;
+        _heartbeat = new DistributedHeartbeat(store, environment.RestartCount, environment.Rank, timeout);
+        _watch = new HeartbeatWatch(store, environment.RestartCount, environment.Rank, environment.WorldSize, timeout);
     }
 
     /// <summary>Where this process stands in the job.</summary>
     public DistributedEnvironment Environment { get; }
-    /// <summary>The job's TCPStore (keys under <c>sharplens/</c> are the group's own).</summary>
+    /// <summary>The job's TCPStore (keys under <c>sharplens/</c> are the session's own: the group's and the heartbeats).</summary>
     public DistributedStore Store { get; }
     /// <summary>The process group of all ranks.</summary>
     public ProcessGroup Group { get; }
-    /// <summary>The bound on every wait of this session.</summary>
+    /// <summary>The bound on every wait of this session, and on how long a rank's heartbeat may stay silent.</summary>
     public TimeSpan Timeout { get; }
+    /// <summary>How often this rank's heartbeat is sent: a fifth of <see cref="Timeout"/>, at most 5 s.</summary>
+    public TimeSpan HeartbeatInterval => _heartbeat.Interval;
     /// <summary>This process's rank.</summary>
     public int Rank => Environment.Rank;
     /// <summary>Number of ranks.</summary>
     public int WorldSize => Environment.WorldSize;
 
-    /// <summary>Leaves the job: destroys the process group, then closes the store.</summary>
+    /// <summary>
+    /// The first of <paramref name="ranks"/> (this rank is skipped) that has left the job or whose heartbeat this process has
+    /// seen unchanged for longer than <see cref="Timeout"/>; null when all are alive. Call it repeatedly while waiting for
+    /// other ranks: silence is measured on this process's clock from the first call that saw a rank's current heartbeat, so
+    /// a rank is declared silent only after at least <see cref="Timeout"/> of calls. A rank whose process runs keeps beating
+    /// whatever it computes; a rank whose process was killed, stopped (SIGSTOP), frozen or cut off from the store does not.
+    /// (A process that is alive but loops forever is indistinguishable from a slow one and is not reported.) Costs two
+    /// store requests per rank: poll it every <see cref="HeartbeatInterval"/>, not in a tight loop. Uses <see cref="Store"/>.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">A rank is outside 0 to <see cref="WorldSize"/> - 1.</exception>
+    public UnresponsiveRank? FindUnresponsive(IEnumerable<int> ranks) => _watch.Find(ranks);
+
+    /// <summary>Leaves the job: stops the heartbeat (marking this rank as left), destroys the process group, then closes the store.</summary>
     public void Dispose()
     {
+        _heartbeat.Dispose();
         Group.Dispose();
         Store.Dispose();
     }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using System.Text;
 using SharpLens.Tensors.IO;
 
@@ -274,6 +275,47 @@ public class DistributedCliTests
             Assert.That(actual.Tensors[key].Shape, Is.EqualTo(shape), $"{file}: {key}");
             Assert.That(actual.Tensors[key].Values, Is.EqualTo(values), $"{file}: {key} (same thread count, same bits)");
         }
+    }
+
+    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int SendSignal(int pid, int signal);
+
+    private const int SigKill = 9, SigStop = 19;
+
+    [Test]
+    public void StoppedRankIsNamedByTheOtherOnceItsHeartbeatIsSilentForTheTimeout()
+    {
+        // SIGSTOP freezes rank 1 mid-chunk (every thread, its heartbeat too) without ending it, so the launcher has no
+        // death to report: rank 0 must notice the silence itself, finish the other chunks, and name rank 1.
+        var pairs = SweepTests.RandomPairs(48, seed: 78, minLength: 5, maxLength: 10);
+        var prompts = SweepTests.WritePrompts(_tmp, "stop.jsonl", pairs);
+        var dir = Path.Combine(_tmp, "stop");
+        const double timeout = 4;
+        string[] args = ["sweep", Model, "--prompts", prompts, "--out", dir, "--batch-size", "2", "--chunk-size", "4", "--nproc", "2",
+            "--dist-timeout", timeout.ToString(System.Globalization.CultureInfo.InvariantCulture)];
+        using var run = new LensRun(args, new Dictionary<string, string> { ["SHARPLENS_SWEEP_CHUNK_DELAY_MS"] = "200" });
+        var clock = Stopwatch.StartNew();
+        Dictionary<int, int> workers = [];
+        while (!run.Process.HasExited && clock.Elapsed < RunLimit &&
+               (!Directory.Exists(dir) || SweepTests.ChunkFiles(dir).Count < 2 || (workers = Workers(run.Process.Id)).Count < 2))
+            Thread.Sleep(5);
+        Assert.That(run.Process.HasExited, Is.False, $"the job ended before rank 1 was stopped:\n{run.Output}");
+        Assert.That(SendSignal(workers[1], SigStop), Is.EqualTo(0), "SIGSTOP rank 1");
+        var stopped = Stopwatch.StartNew();
+        try
+        {
+            while (!run.Output.Contains("the sweep is incomplete") && stopped.Elapsed < RunLimit) Thread.Sleep(20);
+            var reported = stopped.Elapsed;
+            TestContext.Out.WriteLine($"rank 0 reported rank 1 {reported.TotalSeconds:0.0} s after SIGSTOP (timeout {timeout} s)");
+            Assert.That(run.Output, Does.Contain("rank 0/2: the sweep is incomplete: rank 1 sent no heartbeat for"), run.Output);
+            Assert.That(reported, Is.GreaterThan(TimeSpan.FromSeconds(timeout - 1)).And.LessThan(TimeSpan.FromSeconds(timeout + 30)), run.Output);
+        }
+        finally
+        {
+            SendSignal(workers[1], SigKill);  // a stopped process still dies of SIGKILL; the launcher waits for it until then
+        }
+        Assert.That(run.Wait(), Is.EqualTo(1), run.Output);
+        Assert.That(SweepTests.ChunkFiles(dir).Count, Is.InRange(11, 12), "rank 0 computes every chunk but rank 1's claim");
     }
 
     [Test]

@@ -357,7 +357,7 @@ public class ModelLoadingTests
         CopyFixture(model);
         EditCheckpoint(CheckpointPath, t =>
         {
-            foreach (var b in buffers) t[b] = b == "lm_head.weight" ? Torch.Zeros(1000, 64) : Torch.Ones(1, 1, 4, 4);
+            foreach (var b in buffers) t[b] = b == "lm_head.weight" ? t["transformer.wte.weight"].Clone() : Torch.Ones(1, 1, 4, 4);
         });
         using var bridge = TransformerBridge.Load(_dir);
         using var reference = TransformerBridge.Load(Fixtures.Path(model));
@@ -365,6 +365,57 @@ public class ModelLoadingTests
         using var scope = Torch.NewScope();
         var tokens = Torch.FromArray(new long[] { 1, 2, 3, 4, 5 }, 1, 5);
         Assert.That(bridge.Forward(tokens).ValueEquals(reference.Forward(tokens)), Is.True, "the buffers change nothing (lm_head stays tied to wte)");
+    }
+
+    /// <summary>
+    /// A tied model's checkpoint that still holds lm_head.weight (a state dict saved as it is), for every architecture that
+    /// ties: a copy of the embedding, in any floating dtype that holds its values, is accepted and not loaded; anything else
+    /// is refused naming the file and the tensor, since the tied model would silently drop it.
+    /// </summary>
+    [TestCase(Gpt2, "transformer.wte.weight")]
+    [TestCase("tiny-gemma", "model.embed_tokens.weight")]
+    [TestCase("tiny-qwen2", "model.embed_tokens.weight")]
+    public void TiedUnembeddingCopyIsAcceptedOnlyWhenItEqualsTheEmbedding(string model, string embedding)
+    {
+        using var reference = TransformerBridge.Load(Fixtures.Path(model));
+        Assert.That(reference.Config.TiedEmbeddings, Is.True, "the fixture ties its embeddings");
+        using var scope = Torch.NewScope();
+        var tokens = Torch.FromArray(new long[] { 1, 2, 3, 4, 5 }, 1, 5);
+        var expected = reference.Forward(tokens);
+
+        foreach (var dtype in new[] { (ScalarType?)null, ScalarType.Float64 })
+        {
+            CopyFixture(model);
+            EditCheckpoint(CheckpointPath, t => t["lm_head.weight"] = dtype is { } d ? t[embedding].To(d) : t[embedding].Clone());
+            using (var bridge = TransformerBridge.Load(_dir))
+            {
+                Assert.That(bridge.NamedParameters().Select(p => p.Name), Is.EqualTo(reference.NamedParameters().Select(p => p.Name)),
+                    $"the copy ({dtype?.ToString() ?? "same dtype"}) is not a parameter");
+                Assert.That(bridge.Forward(tokens).ValueEquals(expected), Is.True, "the unembedding stays tied to the embedding");
+            }
+            RemoveTempDir();
+            Directory.CreateDirectory(_dir);
+        }
+
+        // One element off: refused, naming the file, the tensor and the embedding.
+        CopyFixture(model);
+        EditCheckpoint(CheckpointPath, t =>
+        {
+            var shape = t[embedding].Shape;
+            var delta = new float[shape[0] * shape[1]];
+            delta[delta.Length / 2] = 1e-3f;
+            t["lm_head.weight"] = t[embedding] + Torch.FromArray(delta, shape);
+        });
+        var e = LoadFails(_dir);
+        Assert.That(e.Path, Is.EqualTo(CheckpointPath));
+        AssertMentions(e, "'lm_head.weight'", "differs from the embedding", $"'{embedding}'", "tie_word_embeddings");
+
+        // Another shape: refused as well; in a sharded checkpoint the path is the copy's shard.
+        EditCheckpoint(CheckpointPath, t => t["lm_head.weight"] = t[embedding].Narrow(0, 0, 10).Clone());
+        var shards = Shard();
+        e = LoadFails(_dir);
+        Assert.That(e.Path, Is.EqualTo(Path.Combine(_dir, shards["lm_head.weight"])));
+        AssertMentions(e, "'lm_head.weight'", "has shape [10, ", $"'{embedding}'");
     }
 
     [TestCase(ScalarType.Int64, "I64")]

@@ -251,4 +251,89 @@ public class DistributedTests
             }
         }
     }
+
+    [Test]
+    public void HeartbeatsKeepABusyRankAliveAndARankThatLeftIsNamedAtOnce()
+    {
+        // Rank 1 does nothing on its main thread for 2.5 timeouts (as a long computation would): its heartbeat thread keeps
+        // it alive in rank 0's eyes. Then it closes its session, and rank 0 sees it left without waiting for the timeout.
+        var timeout = TimeSpan.FromSeconds(1);
+        using var host = DistributedStore.Host("127.0.0.1", 0, Timeout);
+        var port = host.Port;
+        using var rank1Busy = new ManualResetEventSlim();
+        using var rank1Closed = new ManualResetEventSlim();
+        var failures = new Exception?[2];
+        UnresponsiveRank? whileBusy = null, afterClose = null;
+        var threads = Enumerable.Range(0, 2).Select(rank => new Thread(() =>
+        {
+            try
+            {
+                var session = Distributed.Init(new DistributedEnvironment("127.0.0.1", port, rank, 2, rank, 2, AgentHostsStore: true), timeout);
+                if (rank == 1)
+                {
+                    rank1Busy.Set();
+                    Thread.Sleep(2.5 * timeout);
+                    session.Dispose();
+                    rank1Closed.Set();
+                    return;
+                }
+                using (session)
+                {
+                    Assert.That(session.HeartbeatInterval, Is.EqualTo(timeout / 5));
+                    Assert.That(() => session.FindUnresponsive([2]), Throws.InstanceOf<ArgumentOutOfRangeException>());
+                    Assert.That(session.FindUnresponsive([0]), Is.Null, "a rank does not judge itself");
+                    rank1Busy.Wait(Timeout);
+                    while (!rank1Closed.IsSet)
+                    {
+                        whileBusy ??= session.FindUnresponsive([0, 1]);
+                        Thread.Sleep(session.HeartbeatInterval);
+                    }
+                    var clock = System.Diagnostics.Stopwatch.StartNew();
+                    while ((afterClose = session.FindUnresponsive([1])) is null && clock.Elapsed < Timeout) Thread.Sleep(10);
+                    Assert.That(clock.Elapsed, Is.LessThan(timeout), "a rank that left is seen at once");
+                }
+            }
+            catch (Exception e)
+            {
+                failures[rank] = e;
+            }
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        foreach (var t in threads) Assert.That(t.Join(Timeout * 2), Is.True);
+        if (failures.FirstOrDefault(f => f is not null) is { } f) throw f;
+        Assert.That(whileBusy, Is.Null, "a busy rank that is alive is never reported");
+        Assert.That(afterClose, Is.EqualTo(new UnresponsiveRank(1, true, TimeSpan.Zero, timeout)));
+        Assert.That(afterClose!.ToString(), Is.EqualTo("rank 1 left the job (closed its session)"));
+    }
+
+    [Test]
+    public void ASilentHeartbeatIsReportedAfterTheTimeoutOnTheObserversClock()
+    {
+        // The watch against keys set by hand: rank 1's counter moves, then stops (a killed or frozen process).
+        var timeout = TimeSpan.FromMilliseconds(600);
+        using var store = DistributedStore.Host("127.0.0.1", 0, Timeout);
+        using var keys = store.WithPrefix(DistributedHeartbeat.Prefix(3));
+        var watch = new HeartbeatWatch(store, restartCount: 3, self: 0, worldSize: 2, timeout);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        Assert.That(watch.Find([1]), Is.Null, "never seen: silence counts from the first look");
+        var silentSince = TimeSpan.Zero;  // after the last look that saw a beat
+        while (clock.Elapsed < 2 * timeout)
+        {
+            keys.Add(DistributedHeartbeat.AliveKey(1), 1);
+            Assert.That(watch.Find([1]), Is.Null, "beating");
+            silentSince = clock.Elapsed;
+            Thread.Sleep(50);
+        }
+        UnresponsiveRank? found;
+        while ((found = watch.Find([1])) is null && clock.Elapsed < Timeout) Thread.Sleep(20);
+        var after = clock.Elapsed - silentSince;
+        Assert.That(found, Is.Not.Null);
+        Assert.That(found!.Rank, Is.EqualTo(1));
+        Assert.That(found.Left, Is.False);
+        Assert.That(found.Silence, Is.GreaterThan(timeout));
+        Assert.That(after, Is.GreaterThanOrEqualTo(timeout).And.LessThan(timeout + TimeSpan.FromSeconds(1)));
+        Assert.That(found.ToString(), Does.StartWith("rank 1 sent no heartbeat for ").And.Contain("(the distributed timeout is 0.6 s)"));
+        keys.Add(DistributedHeartbeat.AliveKey(1), 1);
+        Assert.That(watch.Find([1]), Is.Null, "a beat after the silence counts as alive again");
+    }
 }

@@ -83,7 +83,8 @@ public abstract class ArchitectureAdapter
     /// <summary>The part order of a fused QKV weight (<see cref="TensorNames.Qkv"/>).</summary>
     protected internal virtual QkvPartOrder QkvOrder => QkvPartOrder.PartMajor;
 
-    /// <summary>Checkpoint tensors that are known and deliberately not parameters (buffers, tied copies).</summary>
+    /// <summary>Checkpoint tensors that are known and deliberately not parameters (buffers). A tied unembedding's copy is not
+    /// one of them: the loader compares it with the embedding (<see cref="TiedUnembedding"/>).</summary>
     public virtual bool IsIgnorableTensor(string name) => name.EndsWith(".rotary_emb.inv_freq");
 
     /// <summary>Every adapter SharpLens has, one per HF <c>model_type</c>.</summary>
@@ -109,6 +110,18 @@ public abstract class ArchitectureAdapter
 
     /// <summary>The HF name of the unembedding weight (the embedding's, when tied).</summary>
     private string UnembedName(TransformerConfig cfg) => cfg.TiedEmbeddings ? Weight(Names.Embed, 0) : Weight(Names.Unembed, 0);
+
+    /// <summary>
+    /// With tied embeddings (<see cref="TransformerConfig.TiedEmbeddings"/>): the name the unembedding weight has in an
+    /// untied checkpoint (<c>lm_head.weight</c> for most architectures), and the embedding weight it is tied to. Some tied
+    /// checkpoints (a state dict saved as it is) still hold that tensor, as a copy of the embedding; the loader accepts it
+    /// only when it equals the embedding, since a different one would be silently dropped. Null without tied embeddings.
+    /// </summary>
+    public (string Copy, string Embedding)? TiedUnembedding(TransformerConfig cfg)
+    {
+        ArgumentNullException.ThrowIfNull(cfg);
+        return cfg.TiedEmbeddings ? (Weight(Names.Unembed, 0), Weight(Names.Embed, 0)) : null;
+    }
 
     /// <summary>The component mapping, derived from <see cref="Names"/>.</summary>
     public ModelSpec Describe(TransformerConfig cfg)

@@ -5,9 +5,11 @@ namespace SharpLens.Adapters;
 /// <summary>
 /// Gemma 2 (<c>Gemma2ForCausalLM</c>): Gemma plus norms after attention and after the MLP (TransformerLens's ln1_post and
 /// ln2_post), sliding-window attention on even layers, soft-capped attention scores and final logits, and the attention
-/// scale query_pre_attn_scalar^-1/2.
+/// scale query_pre_attn_scalar^-1/2. Everything else (the w − 1 RMSNorm, the tanh-GELU MLP, the sqrt(d_model) embedding
+/// scale, no RoPE scaling, tied embeddings, and the defaults head_dim 256 and max_position_embeddings 8192, which
+/// Gemma2Config shares with GemmaConfig) comes from <see cref="GemmaAdapter"/>.
 /// </summary>
-public sealed class Gemma2Adapter : LlamaStyleAdapter
+public sealed class Gemma2Adapter : GemmaAdapter
 {
     /// <inheritdoc/>
     public override string ModelType => "gemma2";
@@ -21,34 +23,13 @@ public sealed class Gemma2Adapter : LlamaStyleAdapter
     };
 
     /// <inheritdoc/>
-    protected override NormKind NormKind => NormKind.RmsNormPlusOne;
-
-    /// <inheritdoc/>
-    protected override bool TiedByDefault => true;
-
-    /// <inheritdoc/>
-    protected override (string Field, string Default) ActivationField => ("hidden_activation", "gelu_pytorch_tanh");
-
-    /// <inheritdoc/>
     protected override SlidingWindowLayers WindowLayers => SlidingWindowLayers.Even;
-
-    /// <inheritdoc/>
-    protected override IReadOnlyCollection<RopeType> RopeTypes => [];
-
-    /// <inheritdoc/>
-    protected override double EmbeddingScale(int dModel) => Math.Sqrt(dModel);
 
     /// <inheritdoc/>
     protected override bool UsePostNorms => true;
 
-    // Gemma2Config's defaults (transformers 4.44.2) for absent fields: head_dim 256, max_position_embeddings 8192, sliding_window
-    // 4096, query_pre_attn_scalar 224, soft-caps 50 (attention) and 30 (final).
-
-    /// <inheritdoc/>
-    protected override int DefaultMaxPositions => 8192;
-
-    /// <inheritdoc/>
-    protected override int? DefaultHeadDim => 256;
+    // Gemma2Config's defaults (transformers 4.44.2) for absent fields that Gemma does not have: sliding_window 4096,
+    // query_pre_attn_scalar 224, soft-caps 50 (attention) and 30 (final).
 
     /// <inheritdoc/>
     protected override int? DefaultSlidingWindow => 4096;

@@ -3,8 +3,9 @@ namespace SharpLens.Adapters;
 /// <summary>
 /// Gemma (<c>GemmaForCausalLM</c>): RMSNorm weights stored as w − 1, a tanh-GELU gated MLP (<c>hidden_activation</c>),
 /// embeddings scaled by sqrt(d_model), <c>head_dim</c> independent of d_model / n_heads, tied embeddings.
+/// Not sealed: <see cref="Gemma2Adapter"/> is Gemma with what Gemma 2 adds, so the settings they share are stated once, here.
 /// </summary>
-public sealed class GemmaAdapter : LlamaStyleAdapter
+public class GemmaAdapter : LlamaStyleAdapter
 {
     /// <inheritdoc/>
     public override string ModelType => "gemma";

@@ -63,5 +63,5 @@ public sealed class Gpt2Adapter : ArchitectureAdapter
 
     /// <inheritdoc/>
     public override bool IsIgnorableTensor(string name) =>
-        name.EndsWith(".attn.bias") || name.EndsWith(".attn.masked_bias") || name == "lm_head.weight";
+        name.EndsWith(".attn.bias") || name.EndsWith(".attn.masked_bias");
 }

@@ -73,8 +73,9 @@ public static class ModelLoader
                     $"the config has {cfg.NLayers} layers, but {files.Describe} holds only {files.Locations.Count} tensors (each layer has its own)");
             var expected = adapter.ExpectedParameters(cfg);
             var expectedNames = expected.Select(e => e.Name).ToHashSet();
+            var tied = adapter.TiedUnembedding(cfg);
             foreach (var (name, file) in files.Locations)
-                if (!expectedNames.Contains(name) && !adapter.IsIgnorableTensor(name))
+                if (!expectedNames.Contains(name) && name != tied?.Copy && !adapter.IsIgnorableTensor(name))
                     throw new ModelLoadException(file.Path, $"tensor '{name}' is not part of a {cfg.ModelType} model with this config");
             foreach (var (name, shape) in expected)
             {
@@ -91,6 +92,7 @@ public static class ModelLoader
                 leaf.DetachFromScope().RequiresGrad = true;
                 parameters[name] = leaf;
             }
+            if (tied is { } t && files.Locations.ContainsKey(t.Copy)) CheckTiedCopy(files, t.Copy, t.Embedding);
         }
         catch
         {
@@ -102,6 +104,46 @@ public static class ModelLoader
             files.Dispose();  // tensors keep their mapped memory alive on their own
         }
         return new LoadedModel(directory, cfg, adapter, parameters);
+    }
+
+    /// <summary>
+    /// A tied checkpoint that still holds the unembedding weight (a state dict saved as it is): accepted, and not loaded,
+    /// when it equals the embedding (same shape and values; the dtypes may differ, as a conversion of one of them leaves
+    /// them); refused otherwise, since the tied model would silently drop it, naming the file and the tensor.
+    /// </summary>
+    private static void CheckTiedCopy(CheckpointFiles files, string copy, string embedding)
+    {
+        var (copyFile, embeddingFile) = (files.Locations[copy], files.Locations[embedding]);
+        var (c, e) = (copyFile.GetInfo(copy), embeddingFile.GetInfo(embedding));
+        void Refuse(string why) => throw new ModelLoadException(copyFile.Path,
+            $"tensor '{copy}' {why}, but config.json ties the unembedding to '{embedding}' (tie_word_embeddings): a tied checkpoint " +
+            "may hold it only as a copy of the embedding; if it is the model's own unembedding, set tie_word_embeddings to false");
+        if (!c.Shape.SequenceEqual(e.Shape))
+            Refuse($"has shape {Tensor.FormatShape(c.Shape)} and '{embedding}' {Tensor.FormatShape(e.Shape)}");
+        if (!c.DType.IsFloatingPoint()) Refuse($"has dtype {c.DTypeName}");
+        using var scope = Torch.NewScope();
+        using var a = copyFile.Load(copy);
+        using var b = embeddingFile.Load(embedding);
+        bool equal;
+        if (a.DType == b.DType) equal = a.ValueEquals(b);
+        else
+        {
+            // Float64 holds every value of every floating dtype exactly; compared in blocks of rows so a large vocabulary
+            // is never widened whole.
+            equal = true;
+            var shape = a.Shape;
+            var rows = shape.Length == 0 ? 1 : shape[0];
+            var perRow = Math.Max(1, shape.Skip(1).Aggregate(1L, (x, y) => x * y));
+            var block = Math.Max(1, (1L << 24) / perRow);
+            for (var start = 0L; equal && start < rows; start += block)
+            {
+                using var inner = Torch.NewScope();
+                var n = Math.Min(block, rows - start);
+                var (x, y) = shape.Length == 0 ? (a, b) : (a.Narrow(0, start, n), b.Narrow(0, start, n));
+                equal = x.To(ScalarType.Float64).ValueEquals(y.To(ScalarType.Float64));
+            }
+        }
+        if (!equal) Refuse("differs from the embedding");
     }
 
     private sealed class CheckpointFiles(List<SafeTensorsFile> files, Dictionary<string, SafeTensorsFile> locations, string describe) : IDisposable

@@ -18,8 +18,10 @@ namespace SharpLens.Sweeps;
 /// <c>summary.csv</c> and the manifest from the chunk files, so the folder is the same as after a single-process run.</item>
 /// </list>
 /// A rank that dies leaves its claimed chunk unwritten: the others finish every other chunk, then stop with a message
-/// naming the missing chunks (at once when the launcher reports the death under <see cref="FailedKey"/>, else when no chunk
-/// has completed for the session's timeout). Rerunning the same command computes only those.
+/// naming the dead rank and the missing chunks (at once when the launcher reports the death under <see cref="FailedKey"/>,
+/// else once the rank's session heartbeat has been silent for the session's timeout; see
+/// <see cref="DistributedSession.FindUnresponsive"/>). Rerunning the same command computes only those. A rank that is alive
+/// keeps beating however long a chunk takes, so no bound is put on the time a chunk may take.
 /// </summary>
 public static class DistributedSweep
 {
@@ -185,20 +187,26 @@ public static class DistributedSweep
     }
 
     /// <summary>
-    /// Waits until every chunk of <paramref name="todo"/> is done. Fails when the launcher reports a dead rank, or when no
-    /// chunk completes for the session's timeout (a rank died without a launcher to say so).
+    /// Waits until every chunk of <paramref name="todo"/> is done. Fails when the launcher reports a dead rank, or when
+    /// another rank has left or its heartbeat has been silent for the session's timeout (a rank died or hangs without a
+    /// launcher to say so). Time without a completed chunk is no failure: one chunk may take longer than the timeout.
     /// </summary>
     private static void WaitForAll(SweepPlan plan, DistributedSession session, DistributedStore store, List<int> todo, string me)
     {
-        var last = store.Add("done", 0);
-        var sinceProgress = Stopwatch.StartNew();
-        while (last < todo.Count)
+        var others = Enumerable.Range(0, session.WorldSize).Where(r => r != session.Rank).ToList();
+        var sinceLook = Stopwatch.StartNew();
+        var first = true;
+        while (store.Add("done", 0) < todo.Count)
         {
             string? failure = null;
             if (session.Store.Check(FailedKey)) failure = session.Store.GetString(FailedKey);
-            else if (sinceProgress.Elapsed > session.Timeout)
-                failure = $"no chunk completed for {session.Timeout.TotalSeconds:0.#} s (the distributed timeout)";
-            if (failure is not null)
+            else if (first || sinceLook.Elapsed >= session.HeartbeatInterval)
+            {
+                failure = session.FindUnresponsive(others)?.ToString();
+                (first, sinceLook) = (false, Stopwatch.StartNew());
+            }
+            // A rank leaves only after every chunk is done, which this rank may not have seen yet when it looked.
+            if (failure is not null && store.Add("done", 0) < todo.Count)
             {
                 var missing = Enumerable.Range(0, plan.Chunks).Where(c => !File.Exists(Path.Combine(plan.Directory, AttributionSweep.ChunkName(c)))).ToList();
                 throw new SweepException($"{me}: the sweep is incomplete: {failure}; {missing.Count} chunk(s) not written " +
@@ -206,22 +214,28 @@ public static class DistributedSweep
                                          "Every written chunk is complete: rerun the same command to compute the missing ones.");
             }
             Thread.Sleep(20);
-            var now = store.Add("done", 0);
-            if (now != last) sinceProgress.Restart();
-            last = now;
         }
     }
 
-    /// <summary>Waits for rank 0 to publish <paramref name="key"/>, failing at once when the launcher reports a dead rank.</summary>
+    /// <summary>
+    /// Waits for rank 0 to publish <paramref name="key"/>, failing at once when the launcher reports a dead rank, or when
+    /// rank 0 has left or its heartbeat has been silent for the session's timeout (however long rank 0 takes to plan, it
+    /// is waited for while it is alive).
+    /// </summary>
     private static string WaitForKey(DistributedSession session, DistributedStore store, string key, string me)
     {
-        var clock = Stopwatch.StartNew();
+        var sinceLook = Stopwatch.StartNew();
+        var first = true;
         while (!store.Check(key))
         {
             if (session.Store.Check(FailedKey))
                 throw new SweepException($"{me}: the job failed before rank 0 published the work: {session.Store.GetString(FailedKey)}");
-            if (clock.Elapsed > session.Timeout)
-                throw new SweepException($"{me}: rank 0 did not publish the work within {session.Timeout.TotalSeconds:0.#} s (the distributed timeout)");
+            if (first || sinceLook.Elapsed >= session.HeartbeatInterval)
+            {
+                if (session.FindUnresponsive([0]) is { } gone && !store.Check(key))
+                    throw new SweepException($"{me}: rank 0 did not publish the work: {gone}");
+                (first, sinceLook) = (false, Stopwatch.StartNew());
+            }
             Thread.Sleep(20);
         }
         return store.GetString(key);
