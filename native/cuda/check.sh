@@ -116,6 +116,7 @@ compile_cu() {  # source object
 compile_cu "$SRC/attention_cuda.cu" "$OUT/attention_cuda.o"
 compile_cu "$SRC/qkv_split_cuda.cu" "$OUT/qkv_split_cuda.o"
 compile_cu "$SRC/rotary_cuda.cu" "$OUT/rotary_cuda.o"
+compile_cu "$SRC/layer_norm_cuda.cu" "$OUT/layer_norm_cuda.o"
 compile_cu "$SRC/tests/attention_cuda_test.cu" "$OUT/attention_cuda_test.o"
 
 # The glue: libtorch's headers plus the CUDA runtime headers next to nvcc (Debian puts them in /usr/include).
@@ -142,7 +143,7 @@ log "$CXX_BIN -c $SRC/glue_cuda.cpp"
 if "$CXX_BIN" "${GLUE_FLAGS[@]}" -c "$SRC/glue_cuda.cpp" -o "$OUT/glue_cuda.o"; then compiled+=(glue_cuda.cpp); else failed+=(glue_cuda.cpp); fi
 # The CPU kernels' dispatch to the glue (their SHARPLENS_WITH_CUDA branches), which no CPU build compiles.
 ROOT_DIR=$(cd "$SRC/../.." && pwd)
-for dispatcher in attention_cpu.cpp qkv_heads.cpp rotary_cpu.cpp; do
+for dispatcher in attention_cpu.cpp qkv_heads.cpp rotary_cpu.cpp layer_norm_cpu.cpp; do
   log "$CXX_BIN -fsyntax-only -DSHARPLENS_WITH_CUDA native/src/kernels/$dispatcher"
   if "$CXX_BIN" "${GLUE_FLAGS[@]}" -Wno-unused-parameter -DSHARPLENS_WITH_CUDA -I "$ROOT_DIR/native/src" -I "$ROOT_DIR/native/include" \
       -fsyntax-only "$ROOT_DIR/native/src/kernels/$dispatcher"; then compiled+=("$dispatcher+cuda"); else failed+=("$dispatcher+cuda"); fi
@@ -152,11 +153,11 @@ test_status="not built"
 if [ ${#failed[@]} -eq 0 ]; then
   log "linking and running $OUT/attention_cuda_test"
   if "$NVCC_BIN" -ccbin "$HOST_CXX" "${GENCODE[@]}" "$OUT/attention_cuda_test.o" "$OUT/attention_cuda.o" \
-      "$OUT/qkv_split_cuda.o" "$OUT/rotary_cuda.o" -o "$OUT/attention_cuda_test"; then
+      "$OUT/qkv_split_cuda.o" "$OUT/rotary_cuda.o" "$OUT/layer_norm_cuda.o" -o "$OUT/attention_cuda_test"; then
     "$OUT/attention_cuda_test" | tee "$OUT/attention_cuda_test.log"
     rc=${PIPESTATUS[0]}
     if [ "$rc" -ne 0 ]; then test_status="FAILED (exit $rc, see $OUT/attention_cuda_test.log)"; failed+=(test)
-    elif grep -q "no CUDA device" "$OUT/attention_cuda_test.log"; then test_status="built; host emulation of the rotary kernel passed, device kernels not run (no CUDA device)"
+    elif grep -q "no CUDA device" "$OUT/attention_cuda_test.log"; then test_status="built; host emulation of the rotary and LayerNorm kernels passed, device kernels not run (no CUDA device)"
     else test_status="ran and passed"; fi
   else
     failed+=("test link")

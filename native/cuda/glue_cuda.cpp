@@ -276,4 +276,112 @@ at::Tensor rotary_table_forward(const at::Tensor& x, const at::Tensor& table, bo
   return out;
 }
 
+bool layer_norm_supported(const at::Tensor& t) { return t.defined() && t.is_cuda() && supported_dtype(t.scalar_type()); }
+
+namespace {
+
+// rows x d of a [..., d] tensor whose scale-like partner is [..., 1].
+sl::cuda::RowsShape rows_of(const char* op, const at::Tensor& t, const char* name) {
+  if (t.dim() < 1 || t.size(-1) < 1) fail(op, describe(name, t) + ": expected a non-empty last dimension");
+  return sl::cuda::RowsShape{t.numel() / t.size(-1), t.size(-1)};
+}
+
+void require_row_stat(const char* op, const char* name, const at::Tensor& stat, const at::Tensor& rows_like) {
+  require_cuda(op, name, stat, rows_like.device());
+  auto expected = rows_like.sizes().vec();
+  expected.back() = 1;
+  if (stat.sizes().vec() != expected || stat.scalar_type() != rows_like.scalar_type())
+    fail(op, describe(name, stat) + ": expected " + c10::str(at::IntArrayRef(expected)) + " of the dtype of " +
+                 c10::toString(rows_like.scalar_type()));
+}
+
+void require_vector(const char* op, const char* name, const at::Tensor& v, const at::Tensor& rows_like) {
+  if (!v.defined()) return;
+  require_cuda(op, name, v, rows_like.device());
+  if (v.dim() != 1 || v.size(0) != rows_like.size(-1) || v.scalar_type() != rows_like.scalar_type())
+    fail(op, describe(name, v) + ": expected [" + std::to_string(rows_like.size(-1)) + "] of the dtype of " +
+                 c10::toString(rows_like.scalar_type()));
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? ptr<T>(t) : nullptr;
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> layer_norm_centre_scale_forward(const at::Tensor& x, double eps) {
+  constexpr const char* op = "layer_norm_centre_scale_forward";
+  require_cuda(op, "x", x);
+  const auto shape = rows_of(op, x, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto centred = at::empty_like(x);
+  auto scale_sizes = x.sizes().vec();
+  scale_sizes.back() = 1;
+  auto scale = at::empty(scale_sizes, x.options());
+  dispatch(x.scalar_type(), [&](auto type) {
+    using T = typename decltype(type)::type;
+    sl::cuda::layer_norm_centre_scale<T>(shape, ptr<T>(x), eps, mut_ptr<T>(centred), mut_ptr<T>(scale),
+                                         at::cuda::getCurrentCUDAStream().stream());
+  });
+  return {centred, scale};
+}
+
+at::Tensor layer_norm_centre_scale_backward(const at::Tensor& centred, const at::Tensor& scale, const at::Tensor& gc,
+                                            const at::Tensor& gs) {
+  constexpr const char* op = "layer_norm_centre_scale_backward";
+  require_cuda(op, "centred", centred);
+  const auto shape = rows_of(op, centred, "centred");
+  require_row_stat(op, "scale", scale, centred);
+  if (gc.defined()) require_like(op, "gc", gc, "centred", centred);
+  if (gs.defined()) require_row_stat(op, "gs", gs, centred);
+  const c10::cuda::CUDAGuard guard(centred.device());
+  auto dx = at::empty_like(centred);
+  dispatch(centred.scalar_type(), [&](auto type) {
+    using T = typename decltype(type)::type;
+    sl::cuda::layer_norm_centre_scale_backward<T>(shape, ptr<T>(centred), ptr<T>(scale), ptr_or_null<T>(gc),
+                                                  ptr_or_null<T>(gs), mut_ptr<T>(dx),
+                                                  at::cuda::getCurrentCUDAStream().stream());
+  });
+  return dx;
+}
+
+at::Tensor layer_norm_apply_scale_forward(const at::Tensor& centred, const at::Tensor& scale, const at::Tensor& weight,
+                                          const at::Tensor& bias) {
+  constexpr const char* op = "layer_norm_apply_scale_forward";
+  require_cuda(op, "centred", centred);
+  const auto shape = rows_of(op, centred, "centred");
+  require_row_stat(op, "scale", scale, centred);
+  require_vector(op, "weight", weight, centred);
+  require_vector(op, "bias", bias, centred);
+  const c10::cuda::CUDAGuard guard(centred.device());
+  auto y = at::empty_like(centred);
+  dispatch(centred.scalar_type(), [&](auto type) {
+    using T = typename decltype(type)::type;
+    sl::cuda::layer_norm_apply_scale<T>(shape, ptr<T>(centred), ptr<T>(scale), ptr_or_null<T>(weight),
+                                        ptr_or_null<T>(bias), mut_ptr<T>(y), at::cuda::getCurrentCUDAStream().stream());
+  });
+  return y;
+}
+
+std::pair<at::Tensor, at::Tensor> layer_norm_apply_scale_backward(const at::Tensor& gy, const at::Tensor& centred,
+                                                                  const at::Tensor& scale, const at::Tensor& weight) {
+  constexpr const char* op = "layer_norm_apply_scale_backward";
+  require_cuda(op, "centred", centred);
+  const auto shape = rows_of(op, centred, "centred");
+  require_like(op, "gy", gy, "centred", centred);
+  require_row_stat(op, "scale", scale, centred);
+  require_vector(op, "weight", weight, centred);
+  const c10::cuda::CUDAGuard guard(centred.device());
+  auto gc = at::empty_like(centred);
+  auto gs = at::empty_like(scale);
+  dispatch(centred.scalar_type(), [&](auto type) {
+    using T = typename decltype(type)::type;
+    sl::cuda::layer_norm_apply_scale_backward<T>(shape, ptr<T>(gy), ptr<T>(centred), ptr<T>(scale),
+                                                 ptr_or_null<T>(weight), mut_ptr<T>(gc), mut_ptr<T>(gs),
+                                                 at::cuda::getCurrentCUDAStream().stream());
+  });
+  return {gc, gs};
+}
+
 }  // namespace sl::kernels::cuda

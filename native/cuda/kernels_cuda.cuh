@@ -1,5 +1,5 @@
 // CUDA kernels of SharpLens over raw device pointers and a stream: fused causal attention (forward and
-// backward), the split of fused QKV projections and table-driven rotary embeddings. Nothing here knows libtorch, so the kernels can be tested
+// backward), the split of fused QKV projections, table-driven rotary embeddings and the two LayerNorm steps. Nothing here knows libtorch, so the kernels can be tested
 // standalone (tests/attention_cuda_test.cu); glue_cuda.cpp adapts them to at::Tensor.
 //
 // This header is plain C++ apart from the CUDA runtime types, so host compilers can include it too.
@@ -99,7 +99,34 @@ std::string rotary_shape_error(const RotaryShape& shape);
 template <typename T>
 void rotary_forward(const RotaryShape& shape, const T* x, const T* table, bool inverse, T* out, cudaStream_t stream);
 
-// Instantiated in attention_cuda.cu, qkv_split_cuda.cu and rotary_cuda.cu for these element types only.
+// The two LayerNorm steps of native/src/kernels/layer_norm.h over `rows` contiguous rows of d elements, one warp per
+// row (per-lane work in layer_norm_rows.cuh, whose host emulation computes the same values bit for bit). Half types
+// accumulate in float. Scales and scale gradients are one value per row.
+struct RowsShape {
+  int64_t rows = 0, d = 0;
+};
+
+// centred = x - mean(x) (per row), scale = sqrt(mean(centred^2) + eps).
+template <typename T>
+void layer_norm_centre_scale(const RowsShape& shape, const T* x, double eps, T* centred, T* scale, cudaStream_t stream);
+
+// dx = gc - mean(gc) + gs centred / (d scale); gc or gs may be null (no gradient there).
+template <typename T>
+void layer_norm_centre_scale_backward(const RowsShape& shape, const T* centred, const T* scale, const T* gc, const T* gs,
+                                      T* dx, cudaStream_t stream);
+
+// y = centred (1 / scale) w + b; w or b may be null (1, 0).
+template <typename T>
+void layer_norm_apply_scale(const RowsShape& shape, const T* centred, const T* scale, const T* w, const T* b, T* y,
+                            cudaStream_t stream);
+
+// gc = gy w / scale, gs = -sum(gy w centred) / scale^2 per row; w may be null (1). The weight and bias gradients
+// (column sums over rows) are left to the caller.
+template <typename T>
+void layer_norm_apply_scale_backward(const RowsShape& shape, const T* gy, const T* centred, const T* scale, const T* w,
+                                     T* gc, T* gs, cudaStream_t stream);
+
+// Instantiated in attention_cuda.cu, qkv_split_cuda.cu, rotary_cuda.cu and layer_norm_cuda.cu for these element types only.
 #define SL_CUDA_DECLARE_KERNELS(T)                                                                                  \
   extern template std::string attention_unsupported_reason<T>(const AttentionShape&, int);                           \
   extern template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, const uint8_t*,   \
@@ -110,7 +137,14 @@ void rotary_forward(const RotaryShape& shape, const T* x, const T* table, bool i
   extern template void qkv_split_forward<T>(QkvLayout, const QkvShape&, const T*, T*, T*, T*, cudaStream_t);       \
   extern template void qkv_split_backward<T>(QkvLayout, const QkvShape&, const T*, const T*, const T*, T*,         \
                                              cudaStream_t);                                                          \
-  extern template void rotary_forward<T>(const RotaryShape&, const T*, const T*, bool, T*, cudaStream_t);
+  extern template void rotary_forward<T>(const RotaryShape&, const T*, const T*, bool, T*, cudaStream_t);          \
+  extern template void layer_norm_centre_scale<T>(const RowsShape&, const T*, double, T*, T*, cudaStream_t);        \
+  extern template void layer_norm_centre_scale_backward<T>(const RowsShape&, const T*, const T*, const T*,          \
+                                                           const T*, T*, cudaStream_t);                            \
+  extern template void layer_norm_apply_scale<T>(const RowsShape&, const T*, const T*, const T*, const T*, T*,     \
+                                                 cudaStream_t);                                                    \
+  extern template void layer_norm_apply_scale_backward<T>(const RowsShape&, const T*, const T*, const T*,          \
+                                                          const T*, T*, T*, cudaStream_t);
 SL_CUDA_DECLARE_KERNELS(float)
 SL_CUDA_DECLARE_KERNELS(double)
 SL_CUDA_DECLARE_KERNELS(__half)

@@ -70,4 +70,21 @@ bool rotary_table_supported(const at::Tensor& x, const at::Tensor& table);
 // aware: native/src/kernels/rotary_cpu.cpp's RotaryFunction wraps it as it wraps the CPU kernel.
 at::Tensor rotary_table_forward(const at::Tensor& x, const at::Tensor& table, bool inverse);
 
+// True when the LayerNorm row kernels take t: a CUDA tensor of float32, float64, float16 or bfloat16.
+bool layer_norm_supported(const at::Tensor& t);
+
+// The two LayerNorm steps of native/src/kernels/layer_norm.h on CUDA rows (layer_norm_cuda.cu), not autograd aware:
+// layer_norm_cpu.cpp's functions wrap them as they wrap the CPU rows. Every tensor contiguous, on one device, of one
+// dtype; x, centred, gc, gy [..., d]; scale and gs [..., 1].
+std::pair<at::Tensor, at::Tensor> layer_norm_centre_scale_forward(const at::Tensor& x, double eps);
+// gc or gs may be undefined (no gradient there).
+at::Tensor layer_norm_centre_scale_backward(const at::Tensor& centred, const at::Tensor& scale, const at::Tensor& gc,
+                                            const at::Tensor& gs);
+// weight and bias [d] may be undefined (1, 0).
+at::Tensor layer_norm_apply_scale_forward(const at::Tensor& centred, const at::Tensor& scale, const at::Tensor& weight,
+                                          const at::Tensor& bias);
+// (gc, gs); the weight and bias gradients (sums over rows) are the caller's.
+std::pair<at::Tensor, at::Tensor> layer_norm_apply_scale_backward(const at::Tensor& gy, const at::Tensor& centred,
+                                                                  const at::Tensor& scale, const at::Tensor& weight);
+
 }  // namespace sl::kernels::cuda

@@ -2,13 +2,15 @@
 // (dq, dk, dv) against a naive double-precision CPU reference written from the definition (masked softmax
 // attention and its analytic gradient, delta taken as sum_j P dP rather than rowsum(dout * out)), and the QKV
 // split and its adjoint against index arithmetic, and the rotary kernel's element function (rotary_element.cuh)
-// against the rotation in double, on the host (so machines without a GPU check it too) and, with a device, the
-// kernel against the host bit for bit. One line per case; exit status 1 on any mismatch.
+// against the rotation in double, and the LayerNorm row functions (layer_norm_rows.cuh) against the definition in
+// double, both on the host (so machines without a GPU check them too) and, with a device, the kernels against the
+// host bit for bit. One line per case; exit status 1 on any mismatch.
 //
 // Build (native/cuda/check.sh does this, with the host compiler and architectures spelled out):
 //   nvcc -std=c++17 -I native/cuda native/cuda/tests/attention_cuda_test.cu native/cuda/attention_cuda.cu
 //        native/cuda/qkv_split_cuda.cu native/cuda/rotary_cuda.cu -o attention_cuda_test
 #include "kernels_cuda.cuh"
+#include "layer_norm_rows.cuh"
 
 #include <cuda_runtime.h>
 
@@ -16,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iterator>
 #include <limits>
 #include <stdexcept>
@@ -372,6 +375,124 @@ void rotary_case(const char* name, int64_t batch, int64_t pos, int64_t heads, in
                                  : (std::to_string(device_differs) + " device elements differ from the host").c_str());
 }
 
+// gamma(n) = n u / (1 - n u), u the unit roundoff of the accumulator: the classic bound on the relative error of an
+// n-term sum or product chain (Higham, Accuracy and Stability of Numerical Algorithms, 3.1).
+double gamma_n(int64_t n, double u) { return static_cast<double>(n) * u / (1 - static_cast<double>(n) * u); }
+
+template <typename T>
+using rows_acc = sl::cuda::rows::acc<T>;
+
+template <typename T>
+double accumulator_unit() { return epsilon_of<rows_acc<T>>() / 2; }
+
+// The four LayerNorm row functions run on the host (layer_norm_rows.cuh's emulation of the warp) against their
+// definitions in double on the same T inputs, each output within a bound derived from the operations it takes
+// (gamma_n of the accumulator for the sums, plus one rounding to T for the stored value); with a device, each
+// kernel must equal the emulation bit for bit.
+template <typename T>
+void layer_norm_case(int64_t rows, int64_t d, bool on_device) {
+  using A = rows_acc<T>;
+  const double u = accumulator_unit<T>(), ut = epsilon_of<T>() / 2, eps = 1e-5;
+  Normal normal(77 + static_cast<uint64_t>(rows * 1009 + d));
+  const auto sample = [&](size_t n, double offset, double spread) {
+    std::vector<T> v(n);
+    for (T& e : v) e = from_double<T>(offset + spread * normal());
+    return v;
+  };
+  const size_t n = static_cast<size_t>(rows * d);
+  // An offset in x makes the centring cancel, as real activations do.
+  const std::vector<T> x = sample(n, 3.0, 1.5), w = sample(static_cast<size_t>(d), 1.0, 0.3),
+                       b = sample(static_cast<size_t>(d), 0.0, 0.5), gy = sample(n, 0.0, 1.0), gc_in = sample(n, 0.0, 1.0),
+                       gs_in = sample(static_cast<size_t>(rows), 0.0, 1.0);
+  std::vector<T> centred(n), scale(static_cast<size_t>(rows)), y(n), gc(n), gs(static_cast<size_t>(rows)), dx(n);
+  sl::cuda::rows::centre_scale_host(x.data(), rows, d, eps, centred.data(), scale.data());
+  sl::cuda::rows::apply_scale_host(centred.data(), scale.data(), w.data(), b.data(), rows, d, y.data());
+  sl::cuda::rows::apply_scale_backward_host(gy.data(), centred.data(), scale.data(), w.data(), rows, d, gc.data(), gs.data());
+  sl::cuda::rows::centre_scale_backward_host(centred.data(), scale.data(), gc_in.data(), gs_in.data(), rows, d, dx.data());
+
+  int64_t outside = 0;
+  const auto check = [&](double got, double want, double bound) {
+    if (!(std::fabs(got - want) <= bound + 1e-300)) ++outside;
+  };
+  const auto X = [&](const std::vector<T>& v, int64_t i) { return to_double(v[static_cast<size_t>(i)]); };
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * d;
+    double sum = 0, mag = 0;
+    for (int64_t j = 0; j < d; ++j) sum += X(x, o + j), mag += std::fabs(X(x, o + j));
+    const double mean = sum / d, mean_err = gamma_n(d + 1, u) * mag / d;
+    double sumsq_true = 0, sumsq_err = 0, sumsq_got = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      const double c = X(x, o + j) - mean;
+      const double bound_c = mean_err + gamma_n(2, u) * (std::fabs(c) + mean_err) + ut * (std::fabs(c) + mean_err);
+      check(X(centred, o + j), c, bound_c);
+      sumsq_true += c * c;
+      sumsq_err += 2 * std::fabs(c) * bound_c + bound_c * bound_c;
+      sumsq_got += X(centred, o + j) * X(centred, o + j);
+    }
+    const double s_true = std::sqrt(sumsq_true / d + eps);
+    sumsq_err += gamma_n(d + 1, u) * sumsq_got;
+    check(X(scale, r), s_true, 0.5 * sumsq_err / d / s_true + gamma_n(3, u) * s_true + ut * s_true);
+    // The later steps take the emulation's centred and scale as their inputs (each step is checked on its own).
+    const double s = X(scale, r), inv = 1 / s;
+    double dot = 0, dot_mag = 0, gc_sum = 0, gc_mag = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      const double c = X(centred, o + j), wj = X(w, j), bj = X(b, j);
+      const double yj = c * inv * wj + bj;
+      check(X(y, o + j), yj, gamma_n(4, u) * (std::fabs(c * inv * wj) + std::fabs(bj)) + ut * std::fabs(yj));
+      const double g = X(gy, o + j) * wj;
+      check(X(gc, o + j), g * inv, gamma_n(3, u) * std::fabs(g * inv) + ut * std::fabs(g * inv));
+      dot += g * c, dot_mag += std::fabs(g * c);
+      gc_sum += X(gc_in, o + j), gc_mag += std::fabs(X(gc_in, o + j));
+    }
+    const double gs_true = -dot * inv * inv;
+    check(X(gs, r), gs_true, gamma_n(d + 4, u) * dot_mag * inv * inv + ut * std::fabs(gs_true));
+    const double k = X(gs_in, r) / (d * s), mean_gc = gc_sum / d;
+    for (int64_t j = 0; j < d; ++j) {
+      const double c = X(centred, o + j), g = X(gc_in, o + j);
+      const double want = (g - mean_gc) + k * c;
+      const double bound = gamma_n(d + 4, u) * (gc_mag / d + std::fabs(g) + std::fabs(k * c)) + ut * std::fabs(want);
+      check(X(dx, o + j), want, bound);
+    }
+  }
+
+  int64_t device_differs = -1;
+  if (on_device) {
+    const sl::cuda::RowsShape shape{rows, d};
+    DeviceArray<T> x_d(x), w_d(w), b_d(b), gy_d(gy), gc_in_d(gc_in), gs_in_d(gs_in), c_d(n), s_d(scale.size()),
+        y_d(n), gc_d(n), gs_d(gs.size()), dx_d(n);
+    sl::cuda::layer_norm_centre_scale<T>(shape, x_d.ptr, eps, c_d.ptr, s_d.ptr, nullptr);
+    // The later kernels read the host's centred and scale, so each is compared on the same inputs.
+    DeviceArray<T> c_host_d(centred), s_host_d(scale);
+    sl::cuda::layer_norm_apply_scale<T>(shape, c_host_d.ptr, s_host_d.ptr, w_d.ptr, b_d.ptr, y_d.ptr, nullptr);
+    sl::cuda::layer_norm_apply_scale_backward<T>(shape, gy_d.ptr, c_host_d.ptr, s_host_d.ptr, w_d.ptr, gc_d.ptr, gs_d.ptr, nullptr);
+    sl::cuda::layer_norm_centre_scale_backward<T>(shape, c_host_d.ptr, s_host_d.ptr, gc_in_d.ptr, gs_in_d.ptr, dx_d.ptr, nullptr);
+    check_cuda(cudaDeviceSynchronize(), "layer norm kernels");
+    device_differs = 0;
+    const auto differ = [&](const std::vector<T>& host, const DeviceArray<T>& dev) {
+      const std::vector<T> got = dev.to_host();
+      for (size_t i = 0; i < host.size(); ++i)
+        if (std::memcmp(&got[i], &host[i], sizeof(T)) != 0) ++device_differs;
+    };
+    differ(centred, c_d), differ(scale, s_d), differ(y, y_d), differ(gc, gc_d), differ(gs, gs_d), differ(dx, dx_d);
+  }
+  const bool ok = outside == 0 && device_differs <= 0;
+  if (!ok) ++failures;
+  std::printf("%-4s layer norm %-8s rows=%lld d=%lld: %lld outputs outside their bound on the host; %s\n", ok ? "ok" : "FAIL",
+              name_of<T>(), static_cast<long long>(rows), static_cast<long long>(d), static_cast<long long>(outside),
+              device_differs < 0 ? "device not run"
+                                 : (std::to_string(device_differs) + " device values differ from the host").c_str());
+}
+
+void layer_norm_cases(bool on_device) {
+  const int64_t shapes[][2] = {{1, 1}, {5, 7}, {9, 32}, {3, 33}, {6, 768}, {2, 2049}};
+  for (const auto& sh : shapes) {
+    layer_norm_case<double>(sh[0], sh[1], on_device);
+    layer_norm_case<float>(sh[0], sh[1], on_device);
+  }
+  layer_norm_case<__half>(5, 768, on_device);
+  layer_norm_case<__nv_bfloat16>(9, 64, on_device);
+}
+
 void rotary_cases(bool on_device) {
   for (bool inverse : {false, true}) {
     rotary_case<double>("b2 p7 h3 d8 full, per position", 2, 7, 3, 8, 4, false, XLayout::Contiguous, inverse, on_device);
@@ -409,7 +530,8 @@ int main() {
   const cudaError_t e = cudaGetDeviceCount(&devices);
   if (e != cudaSuccess || devices == 0) {
     if (e != cudaSuccess) std::printf("cudaGetDeviceCount: %s\n", cudaGetErrorString(e));
-    rotary_cases(false);  // the rotary element function on the host: needs no device
+    rotary_cases(false);  // the rotary element function and the LayerNorm rows on the host: no device needed
+    layer_norm_cases(false);
     std::printf("no CUDA device: device kernels compiled, not run; host emulation %s: %d failure%s\n",
                 failures == 0 ? "PASS" : "FAIL", failures, failures == 1 ? "" : "s");
     return failures == 0 ? 0 : 1;
@@ -454,6 +576,7 @@ int main() {
   qkv_case<__half>(QkvLayout::HeadMajor, QkvShape{2, 5, 2, 8});
   qkv_case<__nv_bfloat16>(QkvLayout::PartMajor, QkvShape{2, 5, 2, 8});
   rotary_cases(true);
+  layer_norm_cases(true);
 
   std::printf("%s: %d failure%s\n", failures == 0 ? "PASS" : "FAIL", failures, failures == 1 ? "" : "s");
   return failures == 0 ? 0 : 1;

@@ -8,6 +8,10 @@
 #include <algorithm>
 #include <cmath>
 
+#ifdef SHARPLENS_WITH_CUDA
+#include "kernels_cuda_glue.h"  // native/cuda: the same rows for CUDA tensors (one warp per row)
+#endif
+
 namespace sl::kernels {
 namespace {
 
@@ -32,6 +36,9 @@ T row_reduce(int64_t n, Term term) {
 }
 
 bool kernel_supported(const at::Tensor& t) {
+#ifdef SHARPLENS_WITH_CUDA
+  if (t.is_cuda()) return cuda::layer_norm_supported(t);
+#endif
   return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
 }
 
@@ -39,6 +46,13 @@ class CentreScaleFunction : public torch::autograd::Function<CentreScaleFunction
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x_in, double eps) {
     auto x = x_in.contiguous();
+#ifdef SHARPLENS_WITH_CUDA
+    if (x.is_cuda()) {
+      auto [centred, scale] = cuda::layer_norm_centre_scale_forward(x, eps);
+      ctx->save_for_backward({centred, scale});
+      return {centred, scale};
+    }
+#endif
     const int64_t d = x.size(-1), rows = x.numel() / std::max<int64_t>(d, 1);
     auto centred = at::empty_like(x);
     auto scale_sizes = x.sizes().vec();
@@ -73,6 +87,9 @@ class CentreScaleFunction : public torch::autograd::Function<CentreScaleFunction
     if (!has_gc && !has_gs) return {at::Tensor(), at::Tensor()};
     auto gc = has_gc ? grads[0].contiguous() : at::Tensor();
     auto gs = has_gs ? grads[1].contiguous() : at::Tensor();
+#ifdef SHARPLENS_WITH_CUDA
+    if (centred.is_cuda()) return {cuda::layer_norm_centre_scale_backward(centred, scale, gc, gs), at::Tensor()};
+#endif
     auto dx = at::empty_like(centred);
     const int64_t d = centred.size(-1), rows = centred.numel() / std::max<int64_t>(d, 1);
     AT_DISPATCH_FLOATING_TYPES(centred.scalar_type(), "sl_layer_norm_centre_scale_backward", [&] {
@@ -108,6 +125,12 @@ class ApplyScaleFunction : public torch::autograd::Function<ApplyScaleFunction> 
     auto scale = scale_in.contiguous();
     auto weight = weight_in.contiguous();
     auto bias = bias_in.contiguous();
+#ifdef SHARPLENS_WITH_CUDA
+    if (centred.is_cuda()) {
+      ctx->save_for_backward({centred, scale, weight});
+      return cuda::layer_norm_apply_scale_forward(centred, scale, weight, bias);
+    }
+#endif
     const int64_t d = centred.size(-1), rows = centred.numel() / std::max<int64_t>(d, 1);
     auto y = at::empty_like(centred);
     AT_DISPATCH_FLOATING_TYPES(centred.scalar_type(), "sl_layer_norm_apply_scale", [&] {
@@ -141,6 +164,16 @@ class ApplyScaleFunction : public torch::autograd::Function<ApplyScaleFunction> 
     const bool has_bias = ctx->needs_input_grad(3);
     auto gy = grads[0].contiguous();
     const int64_t d = centred.size(-1), rows = centred.numel() / std::max<int64_t>(d, 1);
+#ifdef SHARPLENS_WITH_CUDA
+    if (centred.is_cuda()) {
+      auto [gc, gs] = cuda::layer_norm_apply_scale_backward(gy, centred, scale, weight);
+      // The parameter gradients are column sums over rows: ATen's reductions (float accumulation for half types).
+      const auto rows_of_gy = gy.reshape({rows, d});
+      auto gw = has_weight ? (rows_of_gy * centred.reshape({rows, d}) / scale.reshape({rows, 1})).sum(0) : at::Tensor();
+      auto gb = has_bias ? rows_of_gy.sum(0) : at::Tensor();
+      return {gc, gs, gw, gb};
+    }
+#endif
     auto gc = at::empty_like(centred);
     auto gs = at::empty_like(scale);
     auto gw = has_weight ? at::empty({d}, centred.options()) : at::Tensor();
