@@ -77,7 +77,11 @@ public enum RotaryImplementation
 /// </summary>
 public static class TransformerOps
 {
-    /// <summary>Projects x [batch, pos, d_model] through a fused QKV weight into q, k, v [batch, pos, head, d_head].</summary>
+    /// <summary>
+    /// Projects x [batch, pos, d_model] through a fused QKV weight into q, k, v [batch, pos, head, d_head], each a transposed
+    /// view of a contiguous [batch, head, pos, d_head] tensor (the fused attention's layout, so it reads them without a copy).
+    /// One GEMM, then one split pass (a CUDA kernel on CUDA tensors in a CUDA build); differentiable twice.
+    /// </summary>
     public static (Tensor Q, Tensor K, Tensor V) QkvSplit(QkvLayout layout, Tensor x, Tensor weight, Tensor? bias, long nHeads)
     {
         NativeStatus.Check(NativeMethods.sl_qkv_split((int)layout, x.Handle, weight.Handle, Tensor.HandleOrNull(bias), nHeads, out var q, out var k, out var v));
@@ -154,7 +158,8 @@ public static class TransformerOps
 
     /// <summary>
     /// LayerNorm's first step: x [..., d] gives centred = x - mean(x) and scale = sqrt(mean(centred²) + eps) [..., 1],
-    /// one pass per row (float32/float64 on CPU). The scale is an ordinary tensor of the graph, so a hook can read or
+    /// one pass per row (float32/float64 on CPU; float32/float64/float16/bfloat16 on CUDA in a CUDA build, one warp per row;
+    /// the libtorch composition elsewhere). The scale is an ordinary tensor of the graph, so a hook can read or
     /// replace it and a backward hook sees its gradient, as at TransformerLens's <c>hook_scale</c>.
     /// </summary>
     public static (Tensor Centred, Tensor Scale) LayerNormCentreScale(Tensor x, double eps)
@@ -186,7 +191,8 @@ public static class TransformerOps
     /// of each row's angles, rows = pos (every batch row at the same positions) or batch × pos; the first 2·half features of
     /// x [batch, pos, head, d_head] rotate. The caller owns the angles (HuggingFace's float32 recipe, rope scaling, an attention
     /// factor folded into cos and sin); the table is cast to x's dtype and gets no gradient. float32/float64 CPU x takes the
-    /// one-pass kernel, other dtypes and devices the composition.
+    /// one-pass kernel, as does a float32/float64/float16/bfloat16 CUDA x in a CUDA build (rounded op by op as the composition
+    /// rounds, so equal to it); other dtypes and devices take the composition.
     /// </summary>
     public static Tensor Rotary(Tensor x, Tensor table, RotaryImplementation implementation = RotaryImplementation.Auto) =>
         Tensor.Wrap(NativeMethods.sl_rotary_table((int)implementation, x.Handle, table.Handle, out var r), r);
