@@ -19,21 +19,9 @@
 namespace sl::cuda {
 
 // Half-precision inputs accumulate (and keep the log-sum-exp) in float; float and double accumulate in
-// their own type, so float64 results can be checked to ~1e-12 against a double reference.
+// their own type, so float64 results can be checked to ~1e-12 against a double reference (exact_arith.cuh).
 template <typename T>
-struct Accum {
-  using type = T;
-};
-template <>
-struct Accum<__half> {
-  using type = float;
-};
-template <>
-struct Accum<__nv_bfloat16> {
-  using type = float;
-};
-template <typename T>
-using accum_t = typename Accum<T>::type;
+using accum_t = exact::acc<T>;
 
 // Layouts (all contiguous, row-major):
 //   q, out, dq, dout   [batch, heads, q_len, head_dim]

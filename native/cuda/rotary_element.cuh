@@ -8,8 +8,7 @@
 // the kernel reproduces the composition (and the CPU kernel, for float32 and float64) bit for bit.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "exact_arith.cuh"
 
 #include <cstdint>
 
@@ -30,51 +29,12 @@ struct RotaryShape {
   int64_t stride[4] = {0, 0, 0, 0};
 };
 
-// Products and sums in T's rounding, one rounding per operation.
+// Products and sums in T's rounding, one rounding per operation (computed in float for the half types).
 template <typename T>
 struct RotaryArith {
-  SL_HOST_DEVICE static T mul(T a, T b) {
-#ifdef __CUDA_ARCH__
-    if constexpr (sizeof(T) == 8) return __dmul_rn(a, b);
-    else return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-  }
-  SL_HOST_DEVICE static T add(T a, T b) {
-#ifdef __CUDA_ARCH__
-    if constexpr (sizeof(T) == 8) return __dadd_rn(a, b);
-    else return __fadd_rn(a, b);
-#else
-    return a + b;
-#endif
-  }
-  SL_HOST_DEVICE static T sub(T a, T b) {
-#ifdef __CUDA_ARCH__
-    if constexpr (sizeof(T) == 8) return __dsub_rn(a, b);
-    else return __fsub_rn(a, b);
-#else
-    return a - b;
-#endif
-  }
-};
-template <>
-struct RotaryArith<__half> {
-  SL_HOST_DEVICE static __half mul(__half a, __half b) { return __float2half_rn(RotaryArith<float>::mul(__half2float(a), __half2float(b))); }
-  SL_HOST_DEVICE static __half add(__half a, __half b) { return __float2half_rn(RotaryArith<float>::add(__half2float(a), __half2float(b))); }
-  SL_HOST_DEVICE static __half sub(__half a, __half b) { return __float2half_rn(RotaryArith<float>::sub(__half2float(a), __half2float(b))); }
-};
-template <>
-struct RotaryArith<__nv_bfloat16> {
-  SL_HOST_DEVICE static __nv_bfloat16 mul(__nv_bfloat16 a, __nv_bfloat16 b) {
-    return __float2bfloat16_rn(RotaryArith<float>::mul(__bfloat162float(a), __bfloat162float(b)));
-  }
-  SL_HOST_DEVICE static __nv_bfloat16 add(__nv_bfloat16 a, __nv_bfloat16 b) {
-    return __float2bfloat16_rn(RotaryArith<float>::add(__bfloat162float(a), __bfloat162float(b)));
-  }
-  SL_HOST_DEVICE static __nv_bfloat16 sub(__nv_bfloat16 a, __nv_bfloat16 b) {
-    return __float2bfloat16_rn(RotaryArith<float>::sub(__bfloat162float(a), __bfloat162float(b)));
-  }
+  SL_HOST_DEVICE static T mul(T a, T b) { return exact::store<T>(exact::mul(exact::load(a), exact::load(b))); }
+  SL_HOST_DEVICE static T add(T a, T b) { return exact::store<T>(exact::add(exact::load(a), exact::load(b))); }
+  SL_HOST_DEVICE static T sub(T a, T b) { return exact::store<T>(exact::sub(exact::load(a), exact::load(b))); }
 };
 
 // Element `idx` of the contiguous output: with i < half, a = x[.., i], b = x[.., i + half] and the row's c, s:

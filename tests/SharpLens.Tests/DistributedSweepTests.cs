@@ -42,31 +42,19 @@ public class DistributedSweepTests
         };
         var rank1Computing = new ManualResetEventSlim();
         var slept = false;
-        var models = new TransformerBridge[2];
+        var models = LoadRanks(options.ModelDirectory, rank =>
+        {
+            if (rank == 0)
+            {
+                rank1Computing.Wait(TimeSpan.FromSeconds(20));
+                return;
+            }
+            rank1Computing.Set();
+            Thread.Sleep(slow);
+            slept = true;
+        });
         try
         {
-            for (var rank = 0; rank < 2; rank++)
-            {
-                var r = rank;
-                var first = 0;
-                models[rank] = TransformerBridge.Load(options.ModelDirectory);
-                models[rank].AddHook("blocks.0.hook_resid_pre", (_, _) =>
-                {
-                    if (Interlocked.Exchange(ref first, 1) != 0) return null;
-                    if (r == 0)
-                    {
-                        rank1Computing.Wait(TimeSpan.FromSeconds(20));
-                    }
-                    else
-                    {
-                        rank1Computing.Set();
-                        Thread.Sleep(slow);
-                        slept = true;
-                    }
-                    return null;
-                }, permanent: true);
-            }
-
             var (summaries, outputs, clock) = RunRanks(models, options, timeout);
             Assert.That(slept, Is.True, "rank 1 computed a chunk and slept in it");
             Assert.That(clock, Is.GreaterThanOrEqualTo(slow));
@@ -93,27 +81,18 @@ public class DistributedSweepTests
             OutputDirectory = Path.Combine(_tmp, "out"), BatchSize = 4, ChunkSize = 4,
         };
         var rank1Computing = new ManualResetEventSlim();
-        var models = new TransformerBridge[2];
+        var models = LoadRanks(options.ModelDirectory, rank =>
+        {
+            if (rank == 0)
+            {
+                rank1Computing.Wait(TimeSpan.FromSeconds(20));
+                return;
+            }
+            rank1Computing.Set();
+            throw new InvalidOperationException("rank 1 fails mid-chunk");
+        });
         try
         {
-            for (var rank = 0; rank < 2; rank++)
-            {
-                var r = rank;
-                var first = 0;
-                models[rank] = TransformerBridge.Load(options.ModelDirectory);
-                models[rank].AddHook("blocks.0.hook_resid_pre", (_, _) =>
-                {
-                    if (Interlocked.Exchange(ref first, 1) != 0) return null;
-                    if (r == 0) rank1Computing.Wait(TimeSpan.FromSeconds(20));
-                    else
-                    {
-                        rank1Computing.Set();
-                        throw new InvalidOperationException("rank 1 fails mid-chunk");
-                    }
-                    return null;
-                }, permanent: true);
-            }
-
             var clock = System.Diagnostics.Stopwatch.StartNew();
             var failures = RunRanksExpectingFailures(models, options, timeout);
             Assert.That(failures[1]?.ToString(), Does.Contain("rank 1 fails mid-chunk"));
@@ -126,6 +105,27 @@ public class DistributedSweepTests
         {
             foreach (var m in models) m?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// One model per rank (two), each with a permanent hook on its first block's input that calls
+    /// <paramref name="onFirstForward"/> with the rank on the model's first forward only.
+    /// </summary>
+    private static TransformerBridge[] LoadRanks(string modelDirectory, Action<int> onFirstForward)
+    {
+        var models = new TransformerBridge[2];
+        for (var rank = 0; rank < models.Length; rank++)
+        {
+            var r = rank;
+            var first = 0;
+            models[rank] = TransformerBridge.Load(modelDirectory);
+            models[rank].AddHook("blocks.0.hook_resid_pre", (_, _) =>
+            {
+                if (Interlocked.Exchange(ref first, 1) == 0) onFirstForward(r);
+                return null;
+            }, permanent: true);
+        }
+        return models;
     }
 
     /// <summary>Runs the sweep on one thread per model, as ranks of one job; fails the test when a rank fails.</summary>

@@ -10,7 +10,7 @@ public class QkvProjectTests
     private static double MaxDiff(Tensor a, Tensor b) => (a - b).Abs().Max().ToDouble();
 
     /// <summary>x [b, p, m] through part 0/1/2 of the fused weight, as [b, p, h, d], by index arithmetic on views.</summary>
-    private static Tensor Reference(QkvLayout layout, Tensor x, Tensor w, Tensor? bias, int part, long h, long d)
+    internal static Tensor Reference(QkvLayout layout, Tensor x, Tensor w, Tensor? bias, int part, long h, long d)
     {
         var (b, p, m) = (x.Size(0), x.Size(1), x.Size(2));
         var y = layout == QkvLayout.PartMajorInOut ? x.Reshape(b * p, m).Matmul(w) : x.Reshape(b * p, m).Matmul(w.Transpose(0, 1));

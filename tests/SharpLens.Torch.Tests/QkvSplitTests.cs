@@ -10,14 +10,9 @@ public class QkvSplitTests
 {
     private static double MaxDiff(Tensor a, Tensor b) => (a - b).Abs().Max().ToDouble();
 
-    /// <summary>x [b, p, m] through the fused weight, part 0/1/2 as [b, p, h, d], by views of the fused output.</summary>
-    private static Tensor Reference(QkvLayout layout, Tensor x, Tensor w, Tensor? bias, int part, long h, long d)
-    {
-        var (b, p, m) = (x.Size(0), x.Size(1), x.Size(2));
-        var y = layout == QkvLayout.PartMajorInOut ? x.Reshape(b * p, m).Matmul(w) : x.Reshape(b * p, m).Matmul(w.Transpose(0, 1));
-        if (bias is not null) y = y + bias;
-        return layout == QkvLayout.PartMajorInOut ? y.View(b, p, 3, h, d).Select(2, part) : y.View(b, p, h, 3, d).Select(3, part);
-    }
+    /// <summary>x [b, p, m] through part 0/1/2 of the fused weight, as [b, p, h, d]: the QKV projection tests' oracle.</summary>
+    private static Tensor Reference(QkvLayout layout, Tensor x, Tensor w, Tensor? bias, int part, long h, long d) =>
+        QkvProjectTests.Reference(layout, x, w, bias, part, h, d);
 
     private static (Tensor X, Tensor W, Tensor? Bias) Inputs(QkvLayout layout, bool withBias, Generator g, long b, long p, long h, long d, long m)
     {
