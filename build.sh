@@ -204,12 +204,18 @@ gpu_check() {
       --json "$out_dir/bench-$dtype-${batch}x$seq.json" >"$out_dir/bench-$dtype-${batch}x$seq.log" 2>&1 || true
     bench+=("\"gpt2 $dtype ${batch}x$seq\": $(cat "$out_dir/bench-$dtype-${batch}x$seq.json" 2>/dev/null || echo '"failed: see log"')")
   done
+  # The 8 x 1024 bfloat16 forward's matrix throughput as a fraction of the GPU's dense bf16 peak (SHARPLENS_GPU_PEAK_TFLOPS;
+  # the default is an H200's, about 790 TFLOP/s).
+  local peak="${SHARPLENS_GPU_PEAK_TFLOPS:-790}" achieved fraction="null"
+  achieved=$(grep -o '"forward_tflop_per_s": *[0-9.eE+-]*' "$out_dir/bench-bfloat16-8x1024.json" 2>/dev/null | awk '{print $2}')
+  [ -n "$achieved" ] && fraction=$(awk -v t="$achieved" -v p="$peak" 'BEGIN { printf "%.4f", t / p }')
   {
     echo "{"
     echo "  \"gpu\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)\", \"sm\": \"$arch\", \"torch_dir\": \"$torch_dir\","
     echo "  \"cuda_kernel_test\": \"${kernel_test//\"/\'}\", \"cuda_tests\": \"${tests//\"/\'}\","
     echo "  \"verify\": { $(IFS=,; echo "${verify[*]}") },"
     echo "  \"bench\": { $(IFS=,; echo "${bench[*]}") },"
+    echo "  \"bf16_peak_tflops\": $peak, \"forward_8x1024_bf16_fraction_of_peak\": $fraction,"
     echo "  \"seconds\": $((SECONDS - started))"
     echo "}"
   } >"$out_json"

@@ -39,7 +39,7 @@ internal static class BenchCommand
         var command = new Command("bench",
             "Time forward, RunWithCache of every hook point, forward+backward, and forward+backward with a backward hook on " +
             "every hook point, on a random model of GPT-2 small's (or Pythia-160m's) shape. Prints a table; --json writes " +
-            "forward_s, run_with_cache_s, fwd_bwd_s, fwd_bwd_all_bwd_hooks_s, tokens, threads; --profile writes where each " +
+            "forward_s, run_with_cache_s, fwd_bwd_s, fwd_bwd_all_bwd_hooks_s, gemm_s, forward_matmul_flop, forward_tflop_per_s, tokens, threads; --profile writes where each " +
             "pass spends its time, per operator.")
         {
             arch, modelDir, dtype, batch, seq, reps, json, profile,
@@ -113,6 +113,8 @@ internal static class BenchCommand
             context.Out.WriteLine($"ratios: run_with_cache / forward {t.RunWithCacheSeconds / t.ForwardSeconds:F2}, " +
                                   $"hooked fwd+bwd / fwd+bwd {t.ForwardBackwardAllBackwardHooksSeconds / t.ForwardBackwardSeconds:F2}, " +
                                   $"forward / GEMMs {t.ForwardSeconds / t.GemmSeconds:F2}");
+            context.Out.WriteLine($"forward matrix work {t.ForwardMatmulFlop / 1e9:F1} GFLOP (linear layers, unembedding, causal attention): " +
+                                  $"{t.ForwardTflopPerSecond:F3} TFLOP/s");
             if (jsonFull is not null)
             {
                 File.WriteAllText(jsonFull, t.ToJson() + Environment.NewLine);

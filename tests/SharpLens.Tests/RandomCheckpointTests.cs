@@ -64,7 +64,14 @@ public class RandomCheckpointTests
         Assert.That(t.Tokens, Is.EqualTo(24));
         Assert.That(t.HooksCached, Is.EqualTo(bridge.HookDict.Values.Count(h => h.SwitchName is null)));
         Assert.That(t.BackwardHooks, Is.GreaterThanOrEqualTo(t.HooksCached), "every hook point's gradient was captured (ln1's fire three times)");
-        Assert.That(t.ToJson(), Does.Contain("\"fwd_bwd_all_bwd_hooks_s\""));
+        Assert.That(t.ToJson(), Does.Contain("\"fwd_bwd_all_bwd_hooks_s\"").And.Contain("\"forward_matmul_flop\""));
+        // GPT-2's matrix work by hand: per layer c_attn d·3d, attn c_proj d·d, c_fc d·d_mlp, mlp c_proj d_mlp·d, each 2·tokens FLOP per
+        // weight element; the unembedding vocab·d; causal attention 2·2·batch·heads·d_head·(12·13/2) per layer.
+        var c = bridge.Config;
+        long d = c.DModel, perLayer = d * 3 * d + d * d + 2 * d * c.DMlp;
+        var expected = 2.0 * 24 * (c.NLayers * perLayer + (long)c.DVocab * d) + 4.0 * c.NLayers * 2 * c.NHeads * c.DHead * (12 * 13 / 2);
+        Assert.That(t.ForwardMatmulFlop, Is.EqualTo(expected));
+        Assert.That(t.ForwardTflopPerSecond, Is.EqualTo(expected / t.ForwardSeconds / 1e12).Within(1e-9).Percent);
         Assert.That(bridge.Parameters().All(p => p.Grad is null), "the benchmark leaves no gradients behind");
         Assert.That(Torch.LiveTensors, Is.EqualTo(start + 2), "only the arange and its view created here are alive");
     }

@@ -22,6 +22,18 @@ public sealed record PassTimings(
     [JsonPropertyName("gemm_s")]
     public double GemmSeconds { get; init; }
 
+    /// <summary>
+    /// Floating-point operations of the forward's matrix products: 2 · tokens · (every linear layer's weight elements and the
+    /// unembedding's) plus causal attention, 2 · 2 · batch · heads · d_head · pos (pos + 1) / 2 for the scores and their
+    /// weighted sum (keys a query cannot see are not counted, as FlashAttention counts). Elementwise work is not counted.
+    /// </summary>
+    [JsonPropertyName("forward_matmul_flop")]
+    public double ForwardMatmulFlop { get; init; }
+
+    /// <summary><see cref="ForwardMatmulFlop"/> over the median forward time, in TFLOP/s: what fraction of a device's matrix peak the forward reached.</summary>
+    [JsonPropertyName("forward_tflop_per_s")]
+    public double ForwardTflopPerSecond => ForwardSeconds > 0 ? ForwardMatmulFlop / ForwardSeconds / 1e12 : 0;
+
     /// <summary>Where the passes ran.</summary>
     [JsonPropertyName("device")]
     public string Device { get; init; } = "cpu";
@@ -123,10 +135,15 @@ public static class PassBenchmark
         return new PassTimings(m[0], m[1], m[2], m[3], m[4], tokens.NumEl, Torch.NumThreads, reps, hookCount, backwardHookCount)
         {
             GemmSeconds = m[5],
+            ForwardMatmulFlop = gemms.Flop + AttentionFlop(bridge.Config, tokens.Size(0), tokens.Size(1)),
             Device = bridge.Config.Device.ToString(),
             DType = bridge.Config.DType.ToTorchName(),
         };
     }
+
+    /// <summary>Causal attention's two matrix products over every layer: scores q·kᵀ and pattern·v, visible pairs only.</summary>
+    private static double AttentionFlop(TransformerConfig config, long batch, long pos) =>
+        2.0 * 2.0 * config.NLayers * batch * config.NHeads * config.DHead * (pos * (pos + 1) / 2.0);
 
     /// <summary>One timed pass: the hooks it needs (added outside the timed region) and its body.</summary>
     private sealed record Pass(string Name, Func<IDisposable>? Hooks, Action Body)
@@ -160,6 +177,9 @@ public static class PassBenchmark
         private readonly List<(Tensor Weight, LinearWeightLayout Layout, Tensor Input)> _gemms = [];
         private readonly Dictionary<long, Tensor> _inputs = [];
 
+        /// <summary>2 · tokens · weight elements, summed over the GEMMs.</summary>
+        public double Flop { get; private set; }
+
         public GemmWorkload(TransformerBridge bridge, long tokens)
         {
             var spec = bridge.Adapter.Describe(bridge.Config);
@@ -170,6 +190,7 @@ public static class PassBenchmark
             {
                 var w = bridge.Parameter(l.Weight);
                 _gemms.Add((w, l.Layout, Input(l.Layout == LinearWeightLayout.OutIn ? w.Size(1) : w.Size(0))));
+                Flop += 2.0 * tokens * w.NumEl;
             }
             foreach (var b in spec.Blocks)
             {
@@ -188,7 +209,9 @@ public static class PassBenchmark
                 }
                 Gemm(b.Mlp.Out);
             }
-            _gemms.Add((bridge.Parameter(spec.Unembed), LinearWeightLayout.OutIn, Input(bridge.Config.DModel)));
+            var unembed = bridge.Parameter(spec.Unembed);
+            _gemms.Add((unembed, LinearWeightLayout.OutIn, Input(bridge.Config.DModel)));
+            Flop += 2.0 * tokens * unembed.NumEl;
         }
 
         public void Run()
