@@ -87,7 +87,9 @@ internal static class DistributedCli
     /// Launches <paramref name="nproc"/> workers running this same command line on this machine, each with torchrun's
     /// variables, <c>TORCHELASTIC_USE_AGENT_STORE=True</c> (this launcher hosts the store, so any worker may die without taking
     /// it down) and a share of the intra-op threads. Relays their output; when one fails, records it in the store under
-    /// <see cref="Sweeps.DistributedSweep.FailedKey"/> so the others stop waiting for it. Returns 0 when every worker succeeded.
+    /// <see cref="Sweeps.DistributedSweep.FailedKey"/> so the others stop waiting for it; workers still running
+    /// <paramref name="timeout"/> after the first failure (a stopped or hung process, which never exits by itself) are
+    /// killed and named, so the launcher always ends. Returns 0 when every worker succeeded.
     /// </summary>
     public static int Launch(CliContext context, int nproc, TimeSpan timeout)
     {
@@ -122,6 +124,7 @@ internal static class DistributedCli
             }
             var reported = new bool[nproc];
             var failures = new List<string>();
+            Stopwatch? sinceFirstFailure = null;
             while (true)
             {
                 var running = 0;
@@ -139,9 +142,25 @@ internal static class DistributedCli
                     if (p.ExitCode == 0) continue;
                     var what = $"rank {rank} (pid {p.Id}) {Describe(p.ExitCode)}";
                     failures.Add(what);
+                    sinceFirstFailure ??= Stopwatch.StartNew();
                     if (!store.Check(Sweeps.DistributedSweep.FailedKey)) store.Set(Sweeps.DistributedSweep.FailedKey, what);
                 }
                 if (running == 0) break;
+                // The job has failed; a worker that has not ended a whole timeout later is stopped or hung (a live one sees
+                // the failure key and ends). Kill it, and say so, instead of waiting forever.
+                if (sinceFirstFailure is not null && sinceFirstFailure.Elapsed > timeout)
+                {
+                    for (var rank = 0; rank < nproc; rank++)
+                    {
+                        var p = workers[rank];
+                        if (reported[rank] || p.HasExited) continue;
+                        KillQuietly(p);
+                        p.WaitForExit();
+                        reported[rank] = true;
+                        failures.Add($"rank {rank} (pid {p.Id}) was killed by the launcher: still running {timeout.TotalSeconds:0.#} s after the first failure");
+                    }
+                    break;
+                }
                 Thread.Sleep(50);
             }
             if (failures.Count == 0) return Program.Success;
@@ -151,16 +170,21 @@ internal static class DistributedCli
         {
             foreach (var p in workers)
             {
-                try
-                {
-                    if (!p.HasExited) p.Kill(entireProcessTree: true);
-                }
-                catch (InvalidOperationException)
-                {
-                    // exited meanwhile
-                }
+                KillQuietly(p);
                 p.Dispose();
             }
+        }
+    }
+
+    private static void KillQuietly(Process p)
+    {
+        try
+        {
+            if (!p.HasExited) p.Kill(entireProcessTree: true);
+        }
+        catch (InvalidOperationException)
+        {
+            // exited meanwhile
         }
     }
 

@@ -286,7 +286,8 @@ public class DistributedCliTests
     public void StoppedRankIsNamedByTheOtherOnceItsHeartbeatIsSilentForTheTimeout()
     {
         // SIGSTOP freezes rank 1 mid-chunk (every thread, its heartbeat too) without ending it, so the launcher has no
-        // death to report: rank 0 must notice the silence itself, finish the other chunks, and name rank 1.
+        // death to report: rank 0 must notice the silence itself, finish the other chunks, and name rank 1; the launcher then
+        // kills the stopped rank a timeout after rank 0's failure and ends.
         var pairs = SweepTests.RandomPairs(48, seed: 78, minLength: 5, maxLength: 10);
         var prompts = SweepTests.WritePrompts(_tmp, "stop.jsonl", pairs);
         var dir = Path.Combine(_tmp, "stop");
@@ -310,11 +311,18 @@ public class DistributedCliTests
             Assert.That(run.Output, Does.Contain("rank 0/2: the sweep is incomplete: rank 1 sent no heartbeat for"), run.Output);
             Assert.That(reported, Is.GreaterThan(TimeSpan.FromSeconds(timeout - 1)).And.LessThan(TimeSpan.FromSeconds(timeout + 30)), run.Output);
         }
-        finally
+        catch
         {
-            SendSignal(workers[1], SigKill);  // a stopped process still dies of SIGKILL; the launcher waits for it until then
+            SendSignal(workers[1], SigKill);  // a failed assertion must not leave a stopped process behind
+            throw;
         }
-        Assert.That(run.Wait(), Is.EqualTo(1), run.Output);
+        // The launcher kills the stopped worker by itself a timeout after rank 0's failure, and names it.
+        var ended = Stopwatch.StartNew();
+        var exitCode = run.Wait();
+        if (Process.GetProcesses().Any(p => p.Id == workers[1])) SendSignal(workers[1], SigKill);
+        Assert.That(exitCode, Is.EqualTo(1), run.Output);
+        Assert.That(ended.Elapsed, Is.LessThan(TimeSpan.FromSeconds(timeout + 30)), "the launcher ended without help");
+        Assert.That(run.Output, Does.Contain("rank 1 (pid").And.Contain("was killed by the launcher: still running 4 s after the first failure"), run.Output);
         Assert.That(SweepTests.ChunkFiles(dir).Count, Is.InRange(11, 12), "rank 0 computes every chunk but rank 1's claim");
     }
 
