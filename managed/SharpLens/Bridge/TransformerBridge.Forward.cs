@@ -249,9 +249,49 @@ public sealed partial class TransformerBridge
             var pre = Fire(h.MlpPre, Linear(x, spec.In));
             return Linear(Fire(h.MlpPost, Activation(pre)), spec.Out);
         }
-        var gate = Fire(h.MlpPre, Linear(x, spec.Gate!));
-        var up = Fire(h.MlpPreLinear, Linear(x, spec.In));
+        var parts = LinearParts(x, spec.Gate!, spec.In);
+        var gate = Fire(h.MlpPre, parts[0]);
+        var up = Fire(h.MlpPreLinear, parts[1]);
         return Linear(Fire(h.MlpPost, Activation(gate) * up), spec.Out);
+    }
+
+    /// <summary>q, k, v [batch, pos, heads, d_head] from separate q/k/v linear layers (or slices of one fused weight).</summary>
+    private (Tensor Q, Tensor K, Tensor V) SeparateQkv(Tensor x, SeparateQkvSpec s)
+    {
+        var parts = LinearParts(x, s.Q, s.K, s.V);
+        return (Heads(parts[0], Config.NHeads), Heads(parts[1], Config.NKeyValueHeads), Heads(parts[2], Config.NKeyValueHeads));
+    }
+
+    /// <summary>
+    /// Several linear layers of one input. When they are slices of one fused weight that together cover its outputs in order
+    /// (Phi-3's qkv_proj and gate_up_proj), one GEMM on the whole weight, as HuggingFace runs it, and each part a view of its
+    /// columns; otherwise one GEMM per part.
+    /// </summary>
+    private Tensor[] LinearParts(Tensor x, params LinearSpec[] parts)
+    {
+        if (FusedWeightOf(parts) is { } fused)
+        {
+            var y = Linear(x, fused);
+            return parts.Select(p => y.Narrow(-1, p.Slice!.Offset, p.Slice.Length)).ToArray();
+        }
+        return parts.Select(p => Linear(x, p)).ToArray();
+    }
+
+    /// <summary>The whole fused layer when <paramref name="parts"/> are slices of one weight (and bias) covering all its outputs in order; else null.</summary>
+    private LinearSpec? FusedWeightOf(LinearSpec[] parts)
+    {
+        var first = parts[0];
+        if (first.Slice is null || parts.Any(p => p.Slice is null || p.Weight != first.Weight || p.Bias != first.Bias || p.Layout != first.Layout))
+            return null;
+        long next = 0;
+        foreach (var p in parts)
+        {
+            if (p.Slice!.Offset != next) return null;
+            next += p.Slice.Length;
+        }
+        var w = P(first.Weight);
+        var outputs = first.Layout == LinearWeightLayout.OutIn ? w.Size(0) : w.Size(1);
+        return next == outputs ? first with { Slice = null } : null;
     }
 
     /// <summary>Key/value heads as the hooks see them: repeated per query head with <see cref="TransformerConfig.UngroupGroupedQueryAttention"/>.</summary>
@@ -316,7 +356,7 @@ public sealed partial class TransformerBridge
             (q, k, v) = qkv switch
             {
                 FusedQkvSpec f => TransformerOps.QkvSplit(f.Layout, normed, P(f.Linear.Weight), f.Linear.Bias is null ? null : P(f.Linear.Bias), Config.NHeads),
-                SeparateQkvSpec s => (Heads(Linear(normed, s.Q), Config.NHeads), Heads(Linear(normed, s.K), Config.NKeyValueHeads), Heads(Linear(normed, s.V), Config.NKeyValueHeads)),
+                SeparateQkvSpec s => SeparateQkv(normed, s),
                 _ => throw new InvalidOperationException($"unknown QKV spec {qkv}"),
             };
         }
