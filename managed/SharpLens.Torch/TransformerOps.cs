@@ -168,6 +168,14 @@ public static class TransformerOps
         return (new Tensor(centred), new Tensor(scale));
     }
 
+    /// <summary>
+    /// RMSNorm's scale, sqrt(mean(x²) + eps) [..., 1] of x [..., d] (TransformerLens's <c>hook_scale</c>); differentiable. One row
+    /// kernel on CUDA tensors in a CUDA build (float32/float64/float16/bfloat16, half types summed in float); elsewhere the
+    /// libtorch composition square, mean, add, sqrt.
+    /// </summary>
+    public static Tensor RmsNormScale(Tensor x, double eps) =>
+        Tensor.Wrap(NativeMethods.sl_rms_norm_scale(x.Handle, eps, out var r), r);
+
     /// <summary>LayerNorm's second step: centred / scale × weight + bias (weight and bias [d], either may be null).</summary>
     public static Tensor LayerNormApplyScale(Tensor centred, Tensor scale, Tensor? weight, Tensor? bias) =>
         Tensor.Wrap(NativeMethods.sl_layer_norm_apply_scale(centred.Handle, scale.Handle, Tensor.HandleOrNull(weight), Tensor.HandleOrNull(bias), out var r), r);

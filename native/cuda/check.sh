@@ -157,7 +157,7 @@ if [ ${#failed[@]} -eq 0 ]; then
     "$OUT/attention_cuda_test" | tee "$OUT/attention_cuda_test.log"
     rc=${PIPESTATUS[0]}
     if [ "$rc" -ne 0 ]; then test_status="FAILED (exit $rc, see $OUT/attention_cuda_test.log)"; failed+=(test)
-    elif grep -q "no CUDA device" "$OUT/attention_cuda_test.log"; then test_status="built; host emulation of the rotary and LayerNorm kernels passed, device kernels not run (no CUDA device)"
+    elif grep -q "no CUDA device" "$OUT/attention_cuda_test.log"; then test_status="built; host emulation of the rotary, LayerNorm and RMSNorm kernels passed, device kernels not run (no CUDA device)"
     else test_status="ran and passed"; fi
   else
     failed+=("test link")

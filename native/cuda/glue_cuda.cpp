@@ -327,6 +327,21 @@ std::pair<at::Tensor, at::Tensor> layer_norm_centre_scale_forward(const at::Tens
   return {centred, scale};
 }
 
+at::Tensor rms_norm_scale_forward(const at::Tensor& x, double eps) {
+  constexpr const char* op = "rms_norm_scale_forward";
+  require_cuda(op, "x", x);
+  const auto shape = rows_of(op, x, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto scale_sizes = x.sizes().vec();
+  scale_sizes.back() = 1;
+  auto scale = at::empty(scale_sizes, x.options());
+  dispatch(x.scalar_type(), [&](auto type) {
+    using T = typename decltype(type)::type;
+    sl::cuda::rms_norm_scale<T>(shape, ptr<T>(x), eps, mut_ptr<T>(scale), at::cuda::getCurrentCUDAStream().stream());
+  });
+  return scale;
+}
+
 at::Tensor layer_norm_centre_scale_backward(const at::Tensor& centred, const at::Tensor& scale, const at::Tensor& gc,
                                             const at::Tensor& gs) {
   constexpr const char* op = "layer_norm_centre_scale_backward";

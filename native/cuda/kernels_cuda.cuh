@@ -98,6 +98,11 @@ struct RowsShape {
 template <typename T>
 void layer_norm_centre_scale(const RowsShape& shape, const T* x, double eps, T* centred, T* scale, cudaStream_t stream);
 
+// RMSNorm's scale = sqrt(mean(x^2) + eps) per row. Its backward is layer_norm_centre_scale_backward with x as the
+// centred rows and no gc: dx = gs x / (d scale).
+template <typename T>
+void rms_norm_scale(const RowsShape& shape, const T* x, double eps, T* scale, cudaStream_t stream);
+
 // dx = gc - mean(gc) + gs centred / (d scale); gc or gs may be null (no gradient there).
 template <typename T>
 void layer_norm_centre_scale_backward(const RowsShape& shape, const T* centred, const T* scale, const T* gc, const T* gs,
@@ -127,6 +132,7 @@ void layer_norm_apply_scale_backward(const RowsShape& shape, const T* gy, const 
                                              cudaStream_t);                                                          \
   extern template void rotary_forward<T>(const RotaryShape&, const T*, const T*, bool, T*, cudaStream_t);          \
   extern template void layer_norm_centre_scale<T>(const RowsShape&, const T*, double, T*, T*, cudaStream_t);        \
+  extern template void rms_norm_scale<T>(const RowsShape&, const T*, double, T*, cudaStream_t);                     \
   extern template void layer_norm_centre_scale_backward<T>(const RowsShape&, const T*, const T*, const T*,          \
                                                            const T*, T*, cudaStream_t);                            \
   extern template void layer_norm_apply_scale<T>(const RowsShape&, const T*, const T*, const T*, const T*, T*,     \

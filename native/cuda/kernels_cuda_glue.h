@@ -77,6 +77,8 @@ bool layer_norm_supported(const at::Tensor& t);
 // layer_norm_cpu.cpp's functions wrap them as they wrap the CPU rows. Every tensor contiguous, on one device, of one
 // dtype; x, centred, gc, gy [..., d]; scale and gs [..., 1].
 std::pair<at::Tensor, at::Tensor> layer_norm_centre_scale_forward(const at::Tensor& x, double eps);
+// RMSNorm's scale sqrt(mean(x^2) + eps) [..., 1]; its backward is layer_norm_centre_scale_backward(x, scale, {}, gs).
+at::Tensor rms_norm_scale_forward(const at::Tensor& x, double eps);
 // gc or gs may be undefined (no gradient there).
 at::Tensor layer_norm_centre_scale_backward(const at::Tensor& centred, const at::Tensor& scale, const at::Tensor& gc,
                                             const at::Tensor& gs);

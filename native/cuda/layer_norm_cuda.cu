@@ -42,6 +42,15 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T>
+__global__ void __launch_bounds__(kThreads) rms_scale_kernel(RowsShape s, const T* x, double eps, T* scale) {
+  const int64_t row = warp_row(s.rows);
+  if (row < 0) return;
+  const int lane = threadIdx.x % r::kLanes;
+  const auto sq = warp_sum(r::square_sum_lane(x + row * s.d, s.d, lane));
+  if (lane == 0) scale[row] = r::store<T>(r::scale_of(sq, s.d, eps));
+}
+
+template <typename T>
 __global__ void __launch_bounds__(kThreads)
     centre_scale_backward_kernel(RowsShape s, const T* centred, const T* scale, const T* gc, const T* gs, T* dx) {
   using A = r::acc<T>;
@@ -102,6 +111,14 @@ void layer_norm_centre_scale(const RowsShape& s, const T* x, double eps, T* cent
 }
 
 template <typename T>
+void rms_norm_scale(const RowsShape& s, const T* x, double eps, T* scale, cudaStream_t stream) {
+  const unsigned blocks = blocks_for("rms_norm_scale", s);
+  if (blocks == 0) return;
+  rms_scale_kernel<T><<<blocks, kThreads, 0, stream>>>(s, x, eps, scale);
+  check_launch("rms_scale_kernel");
+}
+
+template <typename T>
 void layer_norm_centre_scale_backward(const RowsShape& s, const T* centred, const T* scale, const T* gc, const T* gs,
                                       T* dx, cudaStream_t stream) {
   const unsigned blocks = blocks_for("layer_norm_centre_scale_backward", s);
@@ -130,6 +147,7 @@ void layer_norm_apply_scale_backward(const RowsShape& s, const T* gy, const T* c
 
 #define SL_CUDA_INSTANTIATE_LAYER_NORM(T)                                                                        \
   template void layer_norm_centre_scale<T>(const RowsShape&, const T*, double, T*, T*, cudaStream_t);            \
+  template void rms_norm_scale<T>(const RowsShape&, const T*, double, T*, cudaStream_t);                         \
   template void layer_norm_centre_scale_backward<T>(const RowsShape&, const T*, const T*, const T*, const T*, T*, \
                                                     cudaStream_t);                                               \
   template void layer_norm_apply_scale<T>(const RowsShape&, const T*, const T*, const T*, const T*, T*,          \

@@ -1,5 +1,5 @@
-// The two LayerNorm steps of native/src/kernels/layer_norm.h (centre + scale, then apply the scale) and their
-// backwards as row functions, one warp (32 lanes) per row, written once for the CUDA kernels (layer_norm_cuda.cu) and
+// The two LayerNorm steps of native/src/kernels/layer_norm.h (centre + scale, then apply the scale), RMSNorm's scale,
+// and their backwards as row functions, one warp (32 lanes) per row, written once for the CUDA kernels (layer_norm_cuda.cu) and
 // for the host: each step is split into per-lane phases around warp sums, and the host emulation below runs the same
 // phases lane by lane and combines the partial sums in the order of the device's xor butterfly (__shfl_xor_sync), so
 // it computes what the kernel computes bit for bit. The standalone test checks the emulation against the definition in
@@ -48,7 +48,15 @@ SL_ROW_FN acc<T> centre_lane(const T* x, int64_t d, acc<T> mean, T* centred, int
   return sq;
 }
 
-// Centre + scale backward: dx[j] = (gc[j] - mean(gc)) + k c[j], k = gs / (d s) (gc or gs may be absent: null).
+// RMSNorm's scale: the lane's sum of x[j]^2 (the row statistic is then scale_of, with no centring).
+template <typename T>
+SL_ROW_FN acc<T> square_sum_lane(const T* x, int64_t d, int lane) {
+  acc<T> sq = 0;
+  for (int64_t j = lane; j < d; j += kLanes) sq = fma(load(x[j]), load(x[j]), sq);
+  return sq;
+}
+
+// Centre + scale backward (and RMSNorm's scale backward, with the input as `centred` and no gc): dx[j] = (gc[j] - mean(gc)) + k c[j], k = gs / (d s) (gc or gs may be absent: null).
 template <typename T>
 SL_ROW_FN void centre_backward_lane(const T* centred, const T* gc, acc<T> mean_gc, acc<T> k, int64_t d, T* dx, int lane) {
   for (int64_t j = lane; j < d; j += kLanes) {
@@ -111,6 +119,16 @@ void centre_scale_host(const T* x, int64_t rows, int64_t d, double eps, T* centr
     for (int l = 0; l < kLanes; ++l) part[l] = lane_sum(x + r * d, d, l);
     const A mean = mean_of(butterfly(part), d);
     for (int l = 0; l < kLanes; ++l) part[l] = centre_lane(x + r * d, d, mean, centred + r * d, l);
+    scale[r] = store<T>(scale_of(butterfly(part), d, eps));
+  }
+}
+
+template <typename T>
+void rms_scale_host(const T* x, int64_t rows, int64_t d, double eps, T* scale) {
+  using A = acc<T>;
+  for (int64_t r = 0; r < rows; ++r) {
+    A part[kLanes];
+    for (int l = 0; l < kLanes; ++l) part[l] = square_sum_lane(x + r * d, d, l);
     scale[r] = store<T>(scale_of(butterfly(part), d, eps));
   }
 }

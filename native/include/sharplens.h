@@ -27,8 +27,8 @@ extern "C" {
 #define SL_API __attribute__((visibility("default")))
 #endif
 
-/* Bumped whenever a signature or a struct layout in this header changes. */
-#define SL_ABI_VERSION 2
+/* Bumped whenever a signature or a struct layout in this header changes, or an export the managed side needs is added. */
+#define SL_ABI_VERSION 3
 
 typedef int32_t sl_status;
 enum {
@@ -387,6 +387,9 @@ SL_API sl_status sl_rotary_table(int32_t implementation, sl_tensor x, sl_tensor 
 /* LayerNorm in two steps with the scale exposed (TransformerLens's hook_scale sits between them).
  * x [..., d] -> centred = x - mean(x) and scale = sqrt(mean(centred^2) + eps) [..., 1]. */
 SL_API sl_status sl_layer_norm_centre_scale(sl_tensor x, double eps, sl_tensor* centred, sl_tensor* scale);
+/* RMSNorm's scale (TransformerLens's hook_scale): x [..., d] -> sqrt(mean(x^2) + eps) [..., 1]; a row kernel on CUDA
+ * tensors in CUDA builds, the ATen composition (square, mean, add, sqrt) elsewhere. */
+SL_API sl_status sl_rms_norm_scale(sl_tensor x, double eps, sl_tensor* scale);
 /* centred [..., d], scale [..., 1] -> centred / scale * weight + bias; weight and bias [d] may be NULL. */
 SL_API sl_status sl_layer_norm_apply_scale(sl_tensor centred, sl_tensor scale, sl_tensor weight, sl_tensor bias,
                                            sl_tensor* out);

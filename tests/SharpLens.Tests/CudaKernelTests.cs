@@ -73,6 +73,22 @@ public class CudaKernelTests
             Assert.That(MaxDiff(got[i]!, want[i]!), Is.LessThan(1e-12 * Math.Max(1, want[i]!.Abs().Max().ToDouble())), $"gradient of input {i}");
     }
 
+    [Test]
+    public void RmsNormScaleKernelMatchesTheCompositionInFloat64()
+    {
+        using var scope = Torch.NewScope();
+        using var g = new Generator(13);
+        var x = (Torch.Randn([4, 9, 768], g, ScalarType.Float64) * 2 + 1).To(Gpu).RequiresGrad_();
+        var upstream = Torch.Randn([4, 9, 1], g, ScalarType.Float64).To(Gpu);
+        var got = TransformerOps.RmsNormScale(x, 1e-6);
+        var want = x.Square().Mean(-1, keepDim: true).Add(1e-6).Sqrt();
+        Assert.That(got.Device.Type, Is.EqualTo(DeviceType.CUDA));
+        Assert.That(MaxDiff(got, want), Is.LessThan(1e-12 * want.Abs().Max().ToDouble()), "scale");
+        var gGot = Torch.Autograd.Grad([(got * upstream).Sum()], [x])[0]!;
+        var gWant = Torch.Autograd.Grad([(want * upstream).Sum()], [x])[0]!;
+        Assert.That(MaxDiff(gGot, gWant), Is.LessThan(1e-12 * gWant.Abs().Max().ToDouble()), "gradient");
+    }
+
     [TestCase(ScalarType.Float32, 1e-5)]
     [TestCase(ScalarType.BFloat16, 2e-2)]
     public void LayerNormKernelsInLowerPrecisionStayWithinTheirRoundingOfFloat64(ScalarType dtype, double relTol)

@@ -15,7 +15,7 @@ namespace SharpLens.Tensors.Native;
 /// </summary>
 internal static unsafe partial class NativeLibraryLoader
 {
-    internal const int ExpectedAbiVersion = 2;
+    internal const int ExpectedAbiVersion = 3;
     private const string FileName = "libsharplens.so";
 
     /// <summary>

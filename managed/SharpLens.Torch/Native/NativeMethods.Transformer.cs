@@ -14,6 +14,7 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)] internal static partial int sl_attention(TensorHandle q, TensorHandle k, TensorHandle v, TensorHandle keyMask, in AttentionOptions options, out nint z);
     [LibraryImport(Library)] internal static partial int sl_attention_with(int implementation, TensorHandle q, TensorHandle k, TensorHandle v, TensorHandle keyMask, in AttentionOptions options, out nint z);
     [LibraryImport(Library)] internal static partial int sl_layer_norm_centre_scale(TensorHandle x, double eps, out nint centred, out nint scale);
+    [LibraryImport(Library)] internal static partial int sl_rms_norm_scale(TensorHandle x, double eps, out nint scale);
     [LibraryImport(Library)] internal static partial int sl_layer_norm_apply_scale(TensorHandle centred, TensorHandle scale, TensorHandle weight, TensorHandle bias, out nint result);
     [LibraryImport(Library)] internal static partial int sl_rotary(TensorHandle x, TensorHandle positions, long rotaryDim, double rotaryBase, out nint result);
     [LibraryImport(Library)] internal static partial int sl_rotary_with(int implementation, TensorHandle x, TensorHandle positions, long rotaryDim, double rotaryBase, out nint result);

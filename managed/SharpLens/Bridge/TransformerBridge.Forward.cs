@@ -172,7 +172,7 @@ public sealed partial class TransformerBridge
                 ? (normedHf * P(spec.Weight).To(computeType).Add(1)).To(x.DType)
                 : P(spec.Weight) * normedHf.To(x.DType);
         }
-        var scale = wide.Square().Mean(-1, keepDim: true).Add(Config.NormEps).Sqrt();
+        var scale = TransformerOps.RmsNormScale(wide, Config.NormEps);
         // Hooks see the model's dtype; a float32 value survives the round trip through float64 exactly.
         scale = scale.DType == x.DType ? Fire(scaleHook, scale) : Fire(scaleHook, scale.To(x.DType)).To(computeType);
         var plusOne = spec.Kind == NormKind.RmsNormPlusOne;

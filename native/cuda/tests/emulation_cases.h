@@ -198,7 +198,7 @@ using rows_acc = sl::cuda::rows::acc<T>;
 template <typename T>
 double accumulator_unit() { return epsilon_of<rows_acc<T>>() / 2; }
 
-// The four LayerNorm row functions run on the host (layer_norm_rows.cuh's emulation of the warp) against their
+// The four LayerNorm row functions and RMSNorm's scale run on the host (layer_norm_rows.cuh's emulation of the warp) against their
 // definitions in double on the same T inputs, each output within a bound derived from the operations it takes
 // (gamma_n of the accumulator for the sums, plus one rounding to T for the stored value); with a device, each
 // kernel must equal the emulation bit for bit.
@@ -216,8 +216,10 @@ void layer_norm_case(int64_t rows, int64_t d, bool on_device) {
   const std::vector<T> x = sample(n, 3.0, 1.5), w = sample(static_cast<size_t>(d), 1.0, 0.3),
                        b = sample(static_cast<size_t>(d), 0.0, 0.5), gy = sample(n, 0.0, 1.0), gc_in = sample(n, 0.0, 1.0),
                        gs_in = sample(static_cast<size_t>(rows), 0.0, 1.0);
-  std::vector<T> centred(n), scale(static_cast<size_t>(rows)), y(n), gc(n), gs(static_cast<size_t>(rows)), dx(n);
+  std::vector<T> centred(n), scale(static_cast<size_t>(rows)), y(n), gc(n), gs(static_cast<size_t>(rows)), dx(n),
+      rms(static_cast<size_t>(rows));
   sl::cuda::rows::centre_scale_host(x.data(), rows, d, eps, centred.data(), scale.data());
+  sl::cuda::rows::rms_scale_host(x.data(), rows, d, eps, rms.data());
   sl::cuda::rows::apply_scale_host(centred.data(), scale.data(), w.data(), b.data(), rows, d, y.data());
   sl::cuda::rows::apply_scale_backward_host(gy.data(), centred.data(), scale.data(), w.data(), rows, d, gc.data(), gs.data());
   sl::cuda::rows::centre_scale_backward_host(centred.data(), scale.data(), gc_in.data(), gs_in.data(), rows, d, dx.data());
@@ -242,6 +244,11 @@ void layer_norm_case(int64_t rows, int64_t d, bool on_device) {
       sumsq_got += X(centred, o + j) * X(centred, o + j);
     }
     const double s_true = std::sqrt(sumsq_true / d + eps);
+    // RMSNorm's scale: d squares summed (gamma_{d+1} with the division), plus the eps add and the sqrt's rounding.
+    double x_sq = 0;
+    for (int64_t j = 0; j < d; ++j) x_sq += X(x, o + j) * X(x, o + j);
+    const double rms_true = std::sqrt(x_sq / d + eps);
+    check(X(rms, r), rms_true, 0.5 * gamma_n(d + 1, u) * x_sq / d / rms_true + gamma_n(2, u) * rms_true + ut * rms_true);
     sumsq_err += gamma_n(d + 1, u) * sumsq_got;
     check(X(scale, r), s_true, 0.5 * sumsq_err / d / s_true + gamma_n(3, u) * s_true + ut * s_true);
     // The later steps take the emulation's centred and scale as their inputs (each step is checked on its own).
@@ -274,6 +281,8 @@ void layer_norm_case(int64_t rows, int64_t d, bool on_device) {
     DeviceArray<T> x_d(x), w_d(w), b_d(b), gy_d(gy), gc_in_d(gc_in), gs_in_d(gs_in), c_d(n), s_d(scale.size()),
         y_d(n), gc_d(n), gs_d(gs.size()), dx_d(n);
     sl::cuda::layer_norm_centre_scale<T>(shape, x_d.ptr, eps, c_d.ptr, s_d.ptr, nullptr);
+    DeviceArray<T> rms_d(rms.size());
+    sl::cuda::rms_norm_scale<T>(shape, x_d.ptr, eps, rms_d.ptr, nullptr);
     // The later kernels read the host's centred and scale, so each is compared on the same inputs.
     DeviceArray<T> c_host_d(centred), s_host_d(scale);
     sl::cuda::layer_norm_apply_scale<T>(shape, c_host_d.ptr, s_host_d.ptr, w_d.ptr, b_d.ptr, y_d.ptr, nullptr);
@@ -286,6 +295,7 @@ void layer_norm_case(int64_t rows, int64_t d, bool on_device) {
       for (size_t i = 0; i < host.size(); ++i)
         if (std::memcmp(&got[i], &host[i], sizeof(T)) != 0) ++device_differs;
     };
+    differ(rms, rms_d);
     differ(centred, c_d), differ(scale, s_d), differ(y, y_d), differ(gc, gc_d), differ(gs, gs_d), differ(dx, dx_d);
   }
 #else

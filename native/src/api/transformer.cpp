@@ -402,6 +402,16 @@ sl_status sl_layer_norm_centre_scale(sl_tensor x, double eps, sl_tensor* centred
   SL_CATCH
 }
 
+sl_status sl_rms_norm_scale(sl_tensor x, double eps, sl_tensor* scale) {
+  SL_TRY
+  const auto& t = get(x, "x");
+  if (t.dim() < 1 || t.size(-1) < 1)
+    throw sl::ArgumentError("RMS norm needs a non-empty last dimension, got " + c10::str(t.sizes()));
+  if (!(eps >= 0)) throw sl::ArgumentError("RMS norm eps must be non-negative, got " + std::to_string(eps));
+  SL_OUT(scale) = new_handle(sl::kernels::rms_norm_scale(t, eps));
+  SL_CATCH
+}
+
 sl_status sl_layer_norm_apply_scale(sl_tensor centred, sl_tensor scale, sl_tensor weight, sl_tensor bias, sl_tensor* out) {
   SL_TRY
   const auto& c = get(centred, "centred");

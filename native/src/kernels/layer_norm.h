@@ -17,4 +17,9 @@ std::pair<at::Tensor, at::Tensor> layer_norm_centre_scale(const at::Tensor& x, d
 at::Tensor layer_norm_apply_scale(const at::Tensor& centred, const at::Tensor& scale, const at::Tensor& weight,
                                   const at::Tensor& bias);
 
+// RMSNorm's scale: x [..., d] -> sqrt(mean(x^2) + eps) [..., 1]; differentiable w.r.t. x. On CUDA tensors in a CUDA
+// build one warp per row (native/cuda/layer_norm_cuda.cu); elsewhere the ATen composition square, mean, add, sqrt (the
+// op sequence the bridge ran itself before, so CPU results are unchanged bit for bit).
+at::Tensor rms_norm_scale(const at::Tensor& x, double eps);
+
 }  // namespace sl::kernels

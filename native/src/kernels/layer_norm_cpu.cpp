@@ -117,6 +117,26 @@ class CentreScaleFunction : public torch::autograd::Function<CentreScaleFunction
   }
 };
 
+#ifdef SHARPLENS_WITH_CUDA
+// RMSNorm's scale on CUDA: the row kernel forward; the backward is the centre + scale backward with x as the centred
+// rows and no gradient on them (dx = gs x / (d scale)).
+class RmsScaleFunction : public torch::autograd::Function<RmsScaleFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, double eps) {
+    auto x = x_in.contiguous();
+    auto scale = cuda::rms_norm_scale_forward(x, eps);
+    ctx->save_for_backward({x, scale});
+    return scale;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
+    auto saved = ctx->get_saved_variables();
+    return {cuda::layer_norm_centre_scale_backward(saved[0], saved[1], at::Tensor(), grads[0].contiguous()), at::Tensor()};
+  }
+};
+#endif
+
 class ApplyScaleFunction : public torch::autograd::Function<ApplyScaleFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& centred_in, const at::Tensor& scale_in,
@@ -233,6 +253,15 @@ std::pair<at::Tensor, at::Tensor> layer_norm_centre_scale(const at::Tensor& x, d
   }
   auto out = CentreScaleFunction::apply(x, eps);
   return {out[0], out[1]};
+}
+
+at::Tensor rms_norm_scale(const at::Tensor& x, double eps) {
+  if (x.dim() < 1 || x.size(-1) < 1)
+    throw std::invalid_argument("RMS norm needs a non-empty last dimension, got " + c10::str(x.sizes()));
+#ifdef SHARPLENS_WITH_CUDA
+  if (x.is_cuda() && cuda::layer_norm_supported(x)) return RmsScaleFunction::apply(x, eps);
+#endif
+  return x.square().mean(-1, /*keepdim=*/true).add(eps).sqrt();
 }
 
 at::Tensor layer_norm_apply_scale(const at::Tensor& centred, const at::Tensor& scale, const at::Tensor& weight,
