@@ -207,7 +207,7 @@ gpu_check() {
   # The 8 x 1024 bfloat16 forward's matrix throughput as a fraction of the GPU's dense bf16 peak (SHARPLENS_GPU_PEAK_TFLOPS;
   # the default is an H200's, about 790 TFLOP/s).
   local peak="${SHARPLENS_GPU_PEAK_TFLOPS:-790}" achieved fraction="null"
-  achieved=$(grep -o '"forward_tflop_per_s": *[0-9.eE+-]*' "$out_dir/bench-bfloat16-8x1024.json" 2>/dev/null | awk '{print $2}')
+  achieved=$(grep -o '"forward_tflop_per_s": *[0-9.eE+-]*' "$out_dir/bench-bfloat16-8x1024.json" 2>/dev/null | awk '{print $2}' || true)
   [ -n "$achieved" ] && fraction=$(awk -v t="$achieved" -v p="$peak" 'BEGIN { printf "%.4f", t / p }')
   {
     echo "{"
