@@ -96,8 +96,8 @@ run_bench() {
   dotnet run -c Release --project "$ROOT/perf/SharpLens.Perf" -- --summary "$ROOT/perf/results/summary.md" "$@"
 }
 
-# Everything a GPU machine without .NET or a system BLAS needs besides the sources (../shared/GPU.md), in one folder,
-# build/gpu-bundle (about 40 MB): this SDK's .NET runtime (dotnet-runtime.tar.xz), the BLAS libraries libsharplens's
+# Everything a GPU machine without .NET or a system BLAS needs besides the sources (the H200 machine of 2026-12-04 had
+# neither: no SDK, no libblas.so.3), in one folder, build/gpu-bundle (about 35 MB): this SDK's .NET runtime (dotnet-runtime.tar.xz), the BLAS libraries libsharplens's
 # CPU kernels link (blas.tar.xz) and the managed build, lens and the test assembly (managed.tar.xz). Carry that folder
 # with the sources and run ./build.sh gpu-check there: it unpacks what the machine lacks.
 gpu_bundle() {

@@ -6,8 +6,8 @@ namespace SharpLens.Tests;
 
 /// <summary>
 /// Runs this assembly's tests with only a .NET runtime: <c>dotnet SharpLens.Tests.dll [--category NAME]... [--test REGEX]...</c>. The GPU
-/// machines <c>./build.sh gpu-check</c> runs on have no .NET SDK, so no <c>dotnet test</c> (see ../shared/GPU.md: a
-/// runtime is carried there); this entry point drives NUnit's own runner instead. <c>dotnet test</c> does not use it.
+/// machines <c>./build.sh gpu-check</c> runs on may have no .NET SDK, so no <c>dotnet test</c> (a runtime arrives there in
+/// build/gpu-bundle, see <c>./build.sh gpu-bundle</c>); this entry point drives NUnit's own runner instead. <c>dotnet test</c> does not use it.
 /// Prints every failure with its message and ends with one line "N passed, N failed, N skipped"; the exit status is 0
 /// only when something ran and nothing failed.
 /// </summary>
