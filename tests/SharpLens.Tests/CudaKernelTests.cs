@@ -1,3 +1,5 @@
+using SharpLens.Testing;
+
 namespace SharpLens.Tests;
 
 /// <summary>
@@ -115,9 +117,7 @@ public class CudaKernelTests
         var w = (layout == QkvLayout.PartMajorInOut ? Torch.Randn([m, 3 * h * dh], g, ScalarType.Float64) : Torch.Randn([3 * h * dh, m], g, ScalarType.Float64)).To(Gpu).RequiresGrad_();
         var bias = Torch.Randn([3 * h * dh], g, ScalarType.Float64).To(Gpu).RequiresGrad_();
         var (q, k, v) = TransformerOps.QkvSplit(layout, x, w, bias, h);
-        var fusedOut = (layout == QkvLayout.PartMajorInOut ? x.Reshape(b * p, m).Matmul(w) : x.Reshape(b * p, m).Matmul(w.Transpose(0, 1))) + bias;
-        var parts = Enumerable.Range(0, 3).Select(i => layout == QkvLayout.PartMajorInOut
-            ? fusedOut.View(b, p, 3, h, dh).Select(2, i) : fusedOut.View(b, p, h, 3, dh).Select(3, i)).ToArray();
+        var parts = Enumerable.Range(0, 3).Select(i => QkvOracle.Part(layout, x, w, bias, i, h, dh)).ToArray();
         Tensor[] got = [q, k, v];
         var weights = Enumerable.Range(0, 3).Select(_ => Torch.Randn([b, p, h, dh], g, ScalarType.Float64).To(Gpu)).ToArray();
         for (var i = 0; i < 3; i++)

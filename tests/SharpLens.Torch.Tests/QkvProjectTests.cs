@@ -1,3 +1,5 @@
+using SharpLens.Testing;
+
 namespace SharpLens.Tensors.Tests;
 
 /// <summary>
@@ -8,16 +10,6 @@ namespace SharpLens.Tensors.Tests;
 public class QkvProjectTests
 {
     private static double MaxDiff(Tensor a, Tensor b) => (a - b).Abs().Max().ToDouble();
-
-    /// <summary>x [b, p, m] through part 0/1/2 of the fused weight, as [b, p, h, d], by index arithmetic on views.</summary>
-    internal static Tensor Reference(QkvLayout layout, Tensor x, Tensor w, Tensor? bias, int part, long h, long d)
-    {
-        var (b, p, m) = (x.Size(0), x.Size(1), x.Size(2));
-        var y = layout == QkvLayout.PartMajorInOut ? x.Reshape(b * p, m).Matmul(w) : x.Reshape(b * p, m).Matmul(w.Transpose(0, 1));
-        if (bias is not null) y = y + bias;
-        var parts = layout == QkvLayout.PartMajorInOut ? y.View(b, p, 3, h, d).Select(2, part) : y.View(b, p, h, 3, d).Select(3, part);
-        return parts;
-    }
 
     [TestCase(QkvLayout.PartMajorInOut, true, false)]
     [TestCase(QkvLayout.PartMajorInOut, false, true)]
@@ -36,7 +28,7 @@ public class QkvProjectTests
         var weights = Enumerable.Range(0, 3).Select(_ => Torch.Randn([b, p, h, d], g, ScalarType.Float64)).ToArray();
         var (q, k, v) = TransformerOps.QkvProject(layout, xs[0], xs[1], xs[2], w, bias, h);
         Tensor[] got = [q, k, v];
-        var expected = Enumerable.Range(0, 3).Select(i => Reference(layout, xs[i], w, bias, i, h, d)).ToArray();
+        var expected = Enumerable.Range(0, 3).Select(i => QkvOracle.Part(layout, xs[i], w, bias, i, h, d)).ToArray();
         var inputs = xs.Distinct().Append(w).Concat(bias is null ? [] : new[] { bias }).ToList();
         for (var i = 0; i < 3; i++) Assert.That(MaxDiff(got[i], expected[i]), Is.LessThan(1e-12), $"part {i}");
         // k unused: its part of the weight gradient must be exactly zero, the others as the reference.

@@ -1,3 +1,5 @@
+using SharpLens.Testing;
+
 namespace SharpLens.Tensors.Tests;
 
 /// <summary>
@@ -9,10 +11,6 @@ namespace SharpLens.Tensors.Tests;
 public class QkvSplitTests
 {
     private static double MaxDiff(Tensor a, Tensor b) => (a - b).Abs().Max().ToDouble();
-
-    /// <summary>x [b, p, m] through part 0/1/2 of the fused weight, as [b, p, h, d]: the QKV projection tests' oracle.</summary>
-    private static Tensor Reference(QkvLayout layout, Tensor x, Tensor w, Tensor? bias, int part, long h, long d) =>
-        QkvProjectTests.Reference(layout, x, w, bias, part, h, d);
 
     private static (Tensor X, Tensor W, Tensor? Bias) Inputs(QkvLayout layout, bool withBias, Generator g, long b, long p, long h, long d, long m)
     {
@@ -41,7 +39,7 @@ public class QkvSplitTests
             Assert.That(got[i].IsContiguous, Is.False, $"part {i} is [b, p, h, d] over [b, h, p, d] storage");
             Assert.That(got[i].Transpose(1, 2).IsContiguous, Is.True, $"part {i} storage is [b, h, p, d]");
             // The same GEMM as the reference up to where the bias is added (addmm vs matmul + add): float64 rounding.
-            Assert.That(MaxDiff(got[i], Reference(layout, x, w, bias, i, h, d)), Is.LessThan(1e-12), $"part {i}");
+            Assert.That(MaxDiff(got[i], QkvOracle.Part(layout, x, w, bias, i, h, d)), Is.LessThan(1e-12), $"part {i}");
         }
     }
 
@@ -55,7 +53,7 @@ public class QkvSplitTests
         var (x, w, bias) = Inputs(layout, true, g, b, p, h, d, m);
         var weights = Enumerable.Range(0, 3).Select(_ => Torch.Randn([b, p, h, d], g, ScalarType.Float64)).ToArray();
         var (q, k, v) = TransformerOps.QkvSplit(layout, x, w, bias, h);
-        var expected = Enumerable.Range(0, 3).Select(i => Reference(layout, x, w, bias, i, h, d)).ToArray();
+        var expected = Enumerable.Range(0, 3).Select(i => QkvOracle.Part(layout, x, w, bias, i, h, d)).ToArray();
         // A loss that is not linear in the outputs, so the second derivative passes through the split's backward.
         Tensor Loss(Tensor[] parts) => (parts[0] * parts[1] * weights[0]).Sum() + (parts[2].Square() * weights[2]).Sum();
         Tensor[] inputs = [x, w, bias!];
