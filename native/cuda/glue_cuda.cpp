@@ -9,6 +9,7 @@
 
 #include <sstream>
 #include <stdexcept>
+#include <vector>
 
 namespace sl::kernels::cuda {
 namespace {
@@ -286,10 +287,16 @@ sl::cuda::RowsShape rows_of(const char* op, const at::Tensor& t, const char* nam
   return sl::cuda::RowsShape{t.numel() / t.size(-1), t.size(-1)};
 }
 
+// [..., 1] for rows [..., d]: the shape of a per-row statistic (a scale, its gradient).
+std::vector<int64_t> row_stat_sizes(const at::Tensor& rows_like) {
+  auto sizes = rows_like.sizes().vec();
+  sizes.back() = 1;
+  return sizes;
+}
+
 void require_row_stat(const char* op, const char* name, const at::Tensor& stat, const at::Tensor& rows_like) {
   require_cuda(op, name, stat, rows_like.device());
-  auto expected = rows_like.sizes().vec();
-  expected.back() = 1;
+  const auto expected = row_stat_sizes(rows_like);
   if (stat.sizes().vec() != expected || stat.scalar_type() != rows_like.scalar_type())
     fail(op, describe(name, stat) + ": expected " + c10::str(at::IntArrayRef(expected)) + " of the dtype of " +
                  c10::toString(rows_like.scalar_type()));
@@ -316,9 +323,7 @@ std::pair<at::Tensor, at::Tensor> layer_norm_centre_scale_forward(const at::Tens
   const auto shape = rows_of(op, x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
   auto centred = at::empty_like(x);
-  auto scale_sizes = x.sizes().vec();
-  scale_sizes.back() = 1;
-  auto scale = at::empty(scale_sizes, x.options());
+  auto scale = at::empty(row_stat_sizes(x), x.options());
   dispatch(x.scalar_type(), [&](auto type) {
     using T = typename decltype(type)::type;
     sl::cuda::layer_norm_centre_scale<T>(shape, ptr<T>(x), eps, mut_ptr<T>(centred), mut_ptr<T>(scale),
@@ -332,9 +337,7 @@ at::Tensor rms_norm_scale_forward(const at::Tensor& x, double eps) {
   require_cuda(op, "x", x);
   const auto shape = rows_of(op, x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  auto scale_sizes = x.sizes().vec();
-  scale_sizes.back() = 1;
-  auto scale = at::empty(scale_sizes, x.options());
+  auto scale = at::empty(row_stat_sizes(x), x.options());
   dispatch(x.scalar_type(), [&](auto type) {
     using T = typename decltype(type)::type;
     sl::cuda::rms_norm_scale<T>(shape, ptr<T>(x), eps, mut_ptr<T>(scale), at::cuda::getCurrentCUDAStream().stream());

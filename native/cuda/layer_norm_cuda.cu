@@ -2,6 +2,7 @@
 // the row, warp sums by the xor butterfly. The per-lane work is layer_norm_rows.cuh's, which the host emulation runs
 // too, so the standalone test holds these kernels to the emulation bit for bit.
 #include "kernels_cuda.cuh"
+#include "launch.cuh"
 #include "layer_norm_rows.cuh"
 
 #include <cuda_runtime.h>
@@ -94,55 +95,44 @@ unsigned blocks_for(const char* op, const RowsShape& s) {
   return static_cast<unsigned>(blocks);
 }
 
-void check_launch(const char* kernel) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string(kernel) + " launch: " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+// One warp per row: checks the shape, then launches `kernel` over its rows (nothing for zero rows).
+template <typename... Params, typename... Args>
+void launch_rows(const char* op, const char* kernel_name, void (*kernel)(RowsShape, Params...), const RowsShape& s,
+                 cudaStream_t stream, Args... args) {
+  const unsigned blocks = blocks_for(op, s);
+  if (blocks == 0) return;
+  kernel<<<blocks, kThreads, 0, stream>>>(s, args...);
+  check_launch(kernel_name);
 }
 
 }  // namespace
 
 template <typename T>
 void layer_norm_centre_scale(const RowsShape& s, const T* x, double eps, T* centred, T* scale, cudaStream_t stream) {
-  const unsigned blocks = blocks_for("layer_norm_centre_scale", s);
-  if (blocks == 0) return;
-  centre_scale_kernel<T><<<blocks, kThreads, 0, stream>>>(s, x, eps, centred, scale);
-  check_launch("centre_scale_kernel");
+  launch_rows("layer_norm_centre_scale", "centre_scale_kernel", centre_scale_kernel<T>, s, stream, x, eps, centred, scale);
 }
 
 template <typename T>
 void rms_norm_scale(const RowsShape& s, const T* x, double eps, T* scale, cudaStream_t stream) {
-  const unsigned blocks = blocks_for("rms_norm_scale", s);
-  if (blocks == 0) return;
-  rms_scale_kernel<T><<<blocks, kThreads, 0, stream>>>(s, x, eps, scale);
-  check_launch("rms_scale_kernel");
+  launch_rows("rms_norm_scale", "rms_scale_kernel", rms_scale_kernel<T>, s, stream, x, eps, scale);
 }
 
 template <typename T>
 void layer_norm_centre_scale_backward(const RowsShape& s, const T* centred, const T* scale, const T* gc, const T* gs,
                                       T* dx, cudaStream_t stream) {
-  const unsigned blocks = blocks_for("layer_norm_centre_scale_backward", s);
-  if (blocks == 0) return;
-  centre_scale_backward_kernel<T><<<blocks, kThreads, 0, stream>>>(s, centred, scale, gc, gs, dx);
-  check_launch("centre_scale_backward_kernel");
+  launch_rows("layer_norm_centre_scale_backward", "centre_scale_backward_kernel", centre_scale_backward_kernel<T>, s, stream, centred, scale, gc, gs, dx);
 }
 
 template <typename T>
 void layer_norm_apply_scale(const RowsShape& s, const T* centred, const T* scale, const T* w, const T* b, T* y,
                             cudaStream_t stream) {
-  const unsigned blocks = blocks_for("layer_norm_apply_scale", s);
-  if (blocks == 0) return;
-  apply_scale_kernel<T><<<blocks, kThreads, 0, stream>>>(s, centred, scale, w, b, y);
-  check_launch("apply_scale_kernel");
+  launch_rows("layer_norm_apply_scale", "apply_scale_kernel", apply_scale_kernel<T>, s, stream, centred, scale, w, b, y);
 }
 
 template <typename T>
 void layer_norm_apply_scale_backward(const RowsShape& s, const T* gy, const T* centred, const T* scale, const T* w, T* gc,
                                      T* gs, cudaStream_t stream) {
-  const unsigned blocks = blocks_for("layer_norm_apply_scale_backward", s);
-  if (blocks == 0) return;
-  apply_scale_backward_kernel<T><<<blocks, kThreads, 0, stream>>>(s, gy, centred, scale, w, gc, gs);
-  check_launch("apply_scale_backward_kernel");
+  launch_rows("layer_norm_apply_scale_backward", "apply_scale_backward_kernel", apply_scale_backward_kernel<T>, s, stream, gy, centred, scale, w, gc, gs);
 }
 
 #define SL_CUDA_INSTANTIATE_LAYER_NORM(T)                                                                        \

@@ -3,6 +3,7 @@
 // permutations: one thread per element, with head_dim the fastest index on both sides so reads and writes
 // of a warp stay contiguous in either direction.
 #include "kernels_cuda.cuh"
+#include "launch.cuh"
 
 #include <cuda_runtime.h>
 
@@ -13,8 +14,6 @@ namespace sl::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-// Enough blocks to fill any current GPU; the grid-stride loops cover the rest.
-constexpr int64_t kMaxBlocks = 65535;
 
 // Column of element x of head `head` of q (which = 0), k (1) or v (2) in a fused row.
 __device__ __forceinline__ int64_t fused_column(QkvLayout layout, int64_t which, int64_t head, int64_t x,
@@ -65,18 +64,6 @@ void check_shape(const char* what, QkvLayout layout, const QkvShape& s) {
                                 std::to_string(static_cast<int>(layout)));
 }
 
-unsigned blocks_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
-}
-
-void check_launch(const char* kernel) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string(kernel) + " launch: " + cudaGetErrorName(e) + " (" +
-                             cudaGetErrorString(e) + ")");
-}
-
 }  // namespace
 
 template <typename T>
@@ -84,7 +71,7 @@ void qkv_split_forward(QkvLayout layout, const QkvShape& shape, const T* qkv, T*
   check_shape("qkv_split_forward", layout, shape);
   const int64_t n = 3 * shape.batch * shape.pos * shape.heads * shape.head_dim;
   if (n == 0) return;
-  qkv_split_forward_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(layout, shape, qkv, q, k, v);
+  qkv_split_forward_kernel<T><<<grid_stride_blocks(n, kThreads), kThreads, 0, stream>>>(layout, shape, qkv, q, k, v);
   check_launch("qkv_split_forward_kernel");
 }
 
@@ -94,7 +81,7 @@ void qkv_split_backward(QkvLayout layout, const QkvShape& shape, const T* dq, co
   check_shape("qkv_split_backward", layout, shape);
   const int64_t n = 3 * shape.batch * shape.pos * shape.heads * shape.head_dim;
   if (n == 0) return;
-  qkv_split_backward_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(layout, shape, dq, dk, dv, dqkv);
+  qkv_split_backward_kernel<T><<<grid_stride_blocks(n, kThreads), kThreads, 0, stream>>>(layout, shape, dq, dk, dv, dqkv);
   check_launch("qkv_split_backward_kernel");
 }
 

@@ -3,6 +3,7 @@
 // features once per pair. x is read through its strides (q and k arrive as views of the QKV split), the output is
 // contiguous; the backward is the same launch with the angles negated.
 #include "kernels_cuda.cuh"
+#include "launch.cuh"
 #include "rotary_element.cuh"
 
 #include <cuda_runtime.h>
@@ -14,7 +15,6 @@ namespace sl::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65535;  // grid-stride loops cover the rest
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -43,12 +43,8 @@ void rotary_forward(const RotaryShape& shape, const T* x, const T* table, bool i
   if (auto why = rotary_shape_error(shape); !why.empty()) throw std::invalid_argument("rotary_forward: " + why);
   const int64_t n = shape.batch * shape.pos * shape.heads * shape.head_dim;
   if (n == 0) return;
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  rotary_kernel<T><<<static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks), kThreads, 0, stream>>>(
-      shape, x, table, inverse, out, n);
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string("rotary_kernel launch: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+  rotary_kernel<T><<<grid_stride_blocks(n, kThreads), kThreads, 0, stream>>>(shape, x, table, inverse, out, n);
+  check_launch("rotary_kernel");
 }
 
 #define SL_CUDA_INSTANTIATE_ROTARY(T) \
