@@ -87,9 +87,10 @@ internal static class DistributedCli
     /// Launches <paramref name="nproc"/> workers running this same command line on this machine, each with torchrun's
     /// variables, <c>TORCHELASTIC_USE_AGENT_STORE=True</c> (this launcher hosts the store, so any worker may die without taking
     /// it down) and a share of the intra-op threads. Relays their output; when one fails, records it in the store under
-    /// <see cref="Sweeps.DistributedSweep.FailedKey"/> so the others stop waiting for it; workers still running
-    /// <paramref name="timeout"/> after the first failure (a stopped or hung process, which never exits by itself) are
-    /// killed and named, so the launcher always ends. Returns 0 when every worker succeeded.
+    /// <see cref="Sweeps.DistributedSweep.FailedKey"/> so the others stop waiting for it. Once one has failed, a worker whose
+    /// heartbeat then stays silent for <paramref name="timeout"/> (a stopped or frozen process, which never exits by itself) is
+    /// killed and named, so the launcher always ends; a worker that is alive, however long its work takes, is waited for.
+    /// Returns 0 when every worker succeeded.
     /// </summary>
     public static int Launch(CliContext context, int nproc, TimeSpan timeout)
     {
@@ -124,7 +125,10 @@ internal static class DistributedCli
             }
             var reported = new bool[nproc];
             var failures = new List<string>();
-            Stopwatch? sinceFirstFailure = null;
+            // Watched only after a failure: until then the ranks watch each other (and fail on a silent one themselves).
+            DistributedHeartbeatMonitor? heartbeats = null;
+            var lastLook = Stopwatch.StartNew();
+            var lookEvery = TimeSpan.FromTicks(Math.Max(TimeSpan.FromMilliseconds(50).Ticks, timeout.Ticks / 5));  // two store requests per rank a look
             while (true)
             {
                 var running = 0;
@@ -142,24 +146,25 @@ internal static class DistributedCli
                     if (p.ExitCode == 0) continue;
                     var what = $"rank {rank} (pid {p.Id}) {Describe(p.ExitCode)}";
                     failures.Add(what);
-                    sinceFirstFailure ??= Stopwatch.StartNew();
+                    heartbeats ??= new DistributedHeartbeatMonitor(store, 0, nproc, timeout);
                     if (!store.Check(Sweeps.DistributedSweep.FailedKey)) store.Set(Sweeps.DistributedSweep.FailedKey, what);
                 }
                 if (running == 0) break;
-                // The job has failed; a worker that has not ended a whole timeout later is stopped or hung (a live one sees
-                // the failure key and ends). Kill it, and say so, instead of waiting forever.
-                if (sinceFirstFailure is not null && sinceFirstFailure.Elapsed > timeout)
+                // The job has failed. A worker whose heartbeat is silent for the timeout is stopped or frozen and will never end by
+                // itself: kill it and say so. A live one is waited for (it writes what it can and ends).
+                if (heartbeats is not null && lastLook.Elapsed >= lookEvery)
                 {
-                    for (var rank = 0; rank < nproc; rank++)
+                    lastLook.Restart();
+                    var alive = Enumerable.Range(0, nproc).Where(r => !reported[r] && !workers[r].HasExited);
+                    if (heartbeats.Find(alive) is { Left: false } silent)
                     {
-                        var p = workers[rank];
-                        if (reported[rank] || p.HasExited) continue;
+                        var p = workers[silent.Rank];
                         KillQuietly(p);
-                        p.WaitForExit();
-                        reported[rank] = true;
-                        failures.Add($"rank {rank} (pid {p.Id}) was killed by the launcher: still running {timeout.TotalSeconds:0.#} s after the first failure");
+                        p.WaitForExit(TimeSpan.FromSeconds(30));
+                        reported[silent.Rank] = true;
+                        failures.Add($"rank {silent.Rank} (pid {p.Id}) was killed by the launcher: {silent}");
+                        continue;
                     }
-                    break;
                 }
                 Thread.Sleep(50);
             }

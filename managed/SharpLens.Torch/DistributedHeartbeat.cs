@@ -62,16 +62,20 @@ internal sealed class DistributedHeartbeat : IDisposable
 
     private void Beat()
     {
-        try
+        do
         {
-            do _keys.Add(_aliveKey, 1);
-            while (!_stop.Wait(Interval));
+            try
+            {
+                _keys.Add(_aliveKey, 1);
+            }
+            catch (Exception)
+            {
+                // One failed beat (a store timeout, a store that is gone) is skipped, not the end of beating: a transient
+                // error must not silence a live rank for good. Nothing escapes: an exception left unhandled on a
+                // background thread would end the whole process.
+            }
         }
-        catch (Exception)
-        {
-            // The store is gone (or refuses us): the beats stop, which is what the other ranks should then see. Nothing
-            // escapes: an exception left unhandled on a background thread would end the whole process.
-        }
+        while (!_stop.Wait(Interval));
     }
 
     /// <summary>Stops beating and marks the rank as having left.</summary>
@@ -97,6 +101,35 @@ internal sealed class DistributedHeartbeat : IDisposable
         }
         _stop.Dispose();
     }
+}
+
+/// <summary>
+/// The ranks' heartbeats as a process that is not a rank sees them (torchrun-style launchers, which host the job's store):
+/// <see cref="Find"/> answers as <see cref="DistributedSession.FindUnresponsive"/> does, so a launcher can stop exactly the
+/// workers that are stopped or hung, never one that is alive but busy.
+/// </summary>
+public sealed class DistributedHeartbeatMonitor
+{
+    private readonly HeartbeatWatch _watch;
+
+    /// <summary>Watches the <paramref name="worldSize"/> ranks of attempt <paramref name="restartCount"/> through <paramref name="store"/>.</summary>
+    /// <param name="store">A connection to the job's store (the launcher's own host, say); used only from the calling thread.</param>
+    /// <param name="restartCount">torchrun's restart count of the attempt whose ranks to watch.</param>
+    /// <param name="worldSize">Number of ranks.</param>
+    /// <param name="timeout">How long a heartbeat may stay unchanged before its rank counts as silent.</param>
+    public DistributedHeartbeatMonitor(DistributedStore store, int restartCount, int worldSize, TimeSpan timeout)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
+        _watch = new HeartbeatWatch(store, restartCount, self: -1, worldSize, timeout);
+    }
+
+    /// <summary>
+    /// The first of <paramref name="ranks"/> that left the job or whose heartbeat this monitor has seen unchanged for longer than
+    /// the timeout; null when all are alive. Call it repeatedly: silence is measured between this monitor's own looks.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">A rank is outside 0 to worldSize - 1.</exception>
+    public UnresponsiveRank? Find(IEnumerable<int> ranks) => _watch.Find(ranks);
 }
 
 /// <summary>
