@@ -130,7 +130,7 @@ use_gpu_bundle() {
     export DOTNET_ROOT="$dir/dotnet" PATH="$dir/dotnet:$PATH"
     log "gpu-check: .NET runtime from the bundle ($(dotnet --list-runtimes | head -1))"
   fi
-  if [ -z "${SHARPLENS_BLAS:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libblas\.so\.3 ' && [ -f "$dir/blas.tar.xz" ]; then
+  if [ -z "${SHARPLENS_BLAS:-}" ] && ! ldconfig -p 2>/dev/null | grep 'libblas\.so\.3 ' >/dev/null && [ -f "$dir/blas.tar.xz" ]; then
     tar -C "$dir" -xJf "$dir/blas.tar.xz"
     export SHARPLENS_BLAS="$dir/blas/libblas.so.3" LD_LIBRARY_PATH="$dir/blas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     log "gpu-check: BLAS from the bundle ($SHARPLENS_BLAS)"
@@ -169,7 +169,7 @@ gpu_check() {
   log "gpu-check: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), sm_$arch, Torch_DIR=$torch_dir"
   local build_dir="$ROOT/build/native-cuda"
   local cmake_args=(-S "$ROOT" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DTorch_DIR="$torch_dir" -DSHARPLENS_CUDA=ON
-    -DCMAKE_CUDA_ARCHITECTURES="$arch")
+    -DCMAKE_CUDA_ARCHITECTURES="${arch// /;}")
   command -v ninja >/dev/null && cmake_args+=(-G Ninja)
   [ -n "${SHARPLENS_BLAS:-}" ] && cmake_args+=(-DSHARPLENS_BLAS="$SHARPLENS_BLAS")
   cmake "${cmake_args[@]}" >"$out_dir/cmake.log" 2>&1 || { tail -20 "$out_dir/cmake.log"; echo "gpu-check: configure failed" >&2; exit 1; }
@@ -198,8 +198,10 @@ gpu_check() {
       verify+=("\"$name/$dtype\": $([ $rc -eq 0 ] && echo '"passed"' || echo '"FAILED"')")
     done
   done
+  local run dtype batch seq
   for run in "float32 4 128" "bfloat16 8 1024"; do
     read -r dtype batch seq <<<"$run"
+    rm -f "$out_dir/bench-$dtype-${batch}x$seq.json"  # a failed run must not report an earlier run's figures
     dotnet "$lens" bench --arch gpt2 --device cuda --dtype "$dtype" --batch "$batch" --seq "$seq" --reps 10 \
       --json "$out_dir/bench-$dtype-${batch}x$seq.json" >"$out_dir/bench-$dtype-${batch}x$seq.log" 2>&1 || true
     bench+=("\"gpt2 $dtype ${batch}x$seq\": $(cat "$out_dir/bench-$dtype-${batch}x$seq.json" 2>/dev/null || echo '"failed: see log"')")

@@ -144,7 +144,7 @@ public abstract class ArchitectureAdapter
             if (QkvOrder == QkvPartOrder.HeadMajor)
                 throw new InvalidOperationException("a head-major fused QKV weight needs as many key/value heads as query heads");
             return new SeparateQkvSpec(Linear(fused, i, cfg.QkvBias, new(0, q)), Linear(fused, i, cfg.QkvBias, new(q, kv)),
-                Linear(fused, i, cfg.QkvBias, new(q + kv, kv)));
+                Linear(fused, i, cfg.QkvBias, new(q + kv, kv))) { Fused = Linear(fused, i, cfg.QkvBias) };
         }
 
         MlpSpec Mlp(int i)
@@ -153,7 +153,7 @@ public abstract class ArchitectureAdapter
             if (cfg.Mlp == MlpKind.Plain) return new MlpSpec(MlpKind.Plain, Linear(Need(n.MlpIn, "MlpIn"), i, cfg.MlpBias), null, down);
             if (n.MlpGateUp is { } gateUp)
                 return new MlpSpec(MlpKind.Gated, Linear(gateUp, i, cfg.MlpBias, new(cfg.DMlp, cfg.DMlp)),
-                    Linear(gateUp, i, cfg.MlpBias, new(0, cfg.DMlp)), down);
+                    Linear(gateUp, i, cfg.MlpBias, new(0, cfg.DMlp)), down) { Fused = Linear(gateUp, i, cfg.MlpBias) };
             return new MlpSpec(MlpKind.Gated, Linear(Need(n.MlpIn, "MlpIn"), i, cfg.MlpBias), Linear(Need(n.MlpGate, "MlpGate"), i, cfg.MlpBias), down);
         }
 

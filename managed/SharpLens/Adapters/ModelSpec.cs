@@ -21,13 +21,27 @@ public abstract record QkvSpec;
 public sealed record FusedQkvSpec(LinearSpec Linear, QkvLayout Layout) : QkvSpec;
 
 /// <summary>Three projections (their own weights, or slices of one fused weight); k and v may have fewer heads (grouped-query attention).</summary>
-public sealed record SeparateQkvSpec(LinearSpec Q, LinearSpec K, LinearSpec V) : QkvSpec;
+public sealed record SeparateQkvSpec(LinearSpec Q, LinearSpec K, LinearSpec V) : QkvSpec
+{
+    /// <summary>
+    /// When Q, K and V are slices of one fused weight covering its outputs in order (e.g. Phi-3's qkv_proj): that whole layer,
+    /// so the forward runs one GEMM, as HuggingFace does, and takes the parts as column views of its output. Null otherwise.
+    /// </summary>
+    public LinearSpec? Fused { get; init; }
+}
 
 /// <summary>An attention layer: where q, k, v come from and the output projection.</summary>
 public sealed record AttentionSpec(QkvSpec Qkv, LinearSpec Out);
 
 /// <summary>An MLP: <see cref="MlpKind.Plain"/> uses In and Out; <see cref="MlpKind.Gated"/> also Gate (act(x W_gate) ∘ x W_in).</summary>
-public sealed record MlpSpec(MlpKind Kind, LinearSpec In, LinearSpec? Gate, LinearSpec Out);
+public sealed record MlpSpec(MlpKind Kind, LinearSpec In, LinearSpec? Gate, LinearSpec Out)
+{
+    /// <summary>
+    /// When Gate and In are slices of one fused weight, gate first (e.g. Phi-3's gate_up_proj): that whole layer, run as one
+    /// GEMM whose output columns are the two parts. Null otherwise.
+    /// </summary>
+    public LinearSpec? Fused { get; init; }
+}
 
 /// <summary>
 /// One transformer block as a superset of slots: the pre-attention norm, attention, an optional post-attention norm (Gemma 2's

@@ -197,11 +197,11 @@ public static class PassBenchmark
                 switch (b.Attention.Qkv)
                 {
                     case FusedQkvSpec f: Gemm(f.Linear with { Slice = null }); break;
-                    case SeparateQkvSpec q when q.Q.Weight == q.K.Weight: Gemm(q.Q with { Slice = null }); break;  // one fused weight read as views
+                    case SeparateQkvSpec { Fused: { } fused }: Gemm(fused); break;  // one fused weight read as views
                     case SeparateQkvSpec q: Gemm(q.Q); Gemm(q.K); Gemm(q.V); break;
                 }
                 Gemm(b.Attention.Out);
-                if (b.Mlp.Gate is { } gate && gate.Weight == b.Mlp.In.Weight) Gemm(gate with { Slice = null });
+                if (b.Mlp.Fused is { } gateUp) Gemm(gateUp);
                 else
                 {
                     if (b.Mlp.Gate is { } g) Gemm(g);

@@ -249,50 +249,31 @@ public sealed partial class TransformerBridge
             var pre = Fire(h.MlpPre, Linear(x, spec.In));
             return Linear(Fire(h.MlpPost, Activation(pre)), spec.Out);
         }
-        var parts = LinearParts(x, spec.Gate!, spec.In);
-        var gate = Fire(h.MlpPre, parts[0]);
-        var up = Fire(h.MlpPreLinear, parts[1]);
+        var (gate, up) = spec.Fused is { } fused
+            ? Parts(Linear(x, fused), spec.Gate!, spec.In)
+            : (Linear(x, spec.Gate!), Linear(x, spec.In));
+        gate = Fire(h.MlpPre, gate);
+        up = Fire(h.MlpPreLinear, up);
         return Linear(Fire(h.MlpPost, Activation(gate) * up), spec.Out);
     }
 
-    /// <summary>q, k, v [batch, pos, heads, d_head] from separate q/k/v linear layers (or slices of one fused weight).</summary>
+    /// <summary>q, k, v [batch, pos, heads, d_head] from separate q/k/v linear layers, or one GEMM on the weight they slice.</summary>
     private (Tensor Q, Tensor K, Tensor V) SeparateQkv(Tensor x, SeparateQkvSpec s)
     {
-        var parts = LinearParts(x, s.Q, s.K, s.V);
-        return (Heads(parts[0], Config.NHeads), Heads(parts[1], Config.NKeyValueHeads), Heads(parts[2], Config.NKeyValueHeads));
-    }
-
-    /// <summary>
-    /// Several linear layers of one input. When they are slices of one fused weight that together cover its outputs in order
-    /// (Phi-3's qkv_proj and gate_up_proj), one GEMM on the whole weight, as HuggingFace runs it, and each part a view of its
-    /// columns; otherwise one GEMM per part.
-    /// </summary>
-    private Tensor[] LinearParts(Tensor x, params LinearSpec[] parts)
-    {
-        if (FusedWeightOf(parts) is { } fused)
+        Tensor q, k, v;
+        if (s.Fused is { } fused)
         {
             var y = Linear(x, fused);
-            return parts.Select(p => y.Narrow(-1, p.Slice!.Offset, p.Slice.Length)).ToArray();
+            (q, k) = Parts(y, s.Q, s.K);
+            v = y.Narrow(-1, s.V.Slice!.Offset, s.V.Slice.Length);
         }
-        return parts.Select(p => Linear(x, p)).ToArray();
+        else (q, k, v) = (Linear(x, s.Q), Linear(x, s.K), Linear(x, s.V));
+        return (Heads(q, Config.NHeads), Heads(k, Config.NKeyValueHeads), Heads(v, Config.NKeyValueHeads));
     }
 
-    /// <summary>The whole fused layer when <paramref name="parts"/> are slices of one weight (and bias) covering all its outputs in order; else null.</summary>
-    private LinearSpec? FusedWeightOf(LinearSpec[] parts)
-    {
-        var first = parts[0];
-        if (first.Slice is null || parts.Any(p => p.Slice is null || p.Weight != first.Weight || p.Bias != first.Bias || p.Layout != first.Layout))
-            return null;
-        long next = 0;
-        foreach (var p in parts)
-        {
-            if (p.Slice!.Offset != next) return null;
-            next += p.Slice.Length;
-        }
-        var w = P(first.Weight);
-        var outputs = first.Layout == LinearWeightLayout.OutIn ? w.Size(0) : w.Size(1);
-        return next == outputs ? first with { Slice = null } : null;
-    }
+    /// <summary>Two slices' columns of a fused layer's output (views).</summary>
+    private static (Tensor, Tensor) Parts(Tensor y, LinearSpec a, LinearSpec b) =>
+        (y.Narrow(-1, a.Slice!.Offset, a.Slice.Length), y.Narrow(-1, b.Slice!.Offset, b.Slice.Length));
 
     /// <summary>Key/value heads as the hooks see them: repeated per query head with <see cref="TransformerConfig.UngroupGroupedQueryAttention"/>.</summary>
     private int KvHeadsAtHooks => Config.UngroupGroupedQueryAttention ? Config.NHeads : Config.NKeyValueHeads;

@@ -118,6 +118,9 @@ sl_status sl_set_parallel_width(int32_t threads, int32_t* previous) {
   if (threads <= 0) throw sl::ArgumentError("thread count must be positive, got " + std::to_string(threads));
   // The calling thread's OpenMP team size, which libtorch's parallel regions and OpenBLAS's (one libgomp pool) use.
   // at::set_num_threads would also rebuild libtorch's pthreadpool, costing milliseconds per call on a busy machine.
+  // libtorch sets a thread's team size on that thread's first parallel region (lazy_init_num_threads); doing it now keeps
+  // that first region from undoing the width set here, and makes `previous` libtorch's setting, not OpenMP's default.
+  at::internal::lazy_init_num_threads();
   SL_OUT(previous) = omp_get_max_threads();
   omp_set_num_threads(threads);
   SL_CATCH
