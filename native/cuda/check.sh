@@ -104,8 +104,10 @@ GENCODE=()
 for a in "${ARCHS[@]}"; do GENCODE+=(-gencode "arch=compute_$a,code=sm_$a"); done
 # PTX for the newest architecture too, so later GPUs can JIT-compile the kernels.
 GENCODE+=(-gencode "arch=compute_${ARCHS[-1]},code=compute_${ARCHS[-1]}")
+# -ffp-contract=off for the host code: the rotary and LayerNorm host emulation must round op by op as the device code
+# does (on aarch64, or with -mfma, the host compiler would otherwise fuse a*b+c).
 NVCC_FLAGS=(-std=c++17 -O3 -ccbin "$HOST_CXX" "${GENCODE[@]}" --threads 0 -Werror all-warnings
-  -Xcompiler -Wall,-Wextra,-Werror -I "$SRC")
+  -Xcompiler -Wall,-Wextra,-Werror,-ffp-contract=off -I "$SRC")
 
 failed=()
 compiled=()

@@ -245,8 +245,6 @@ bool rotary_table_supported(const at::Tensor& x, const at::Tensor& table) {
   if (!x.defined() || !table.defined() || !x.is_cuda() || !table.is_cuda() || table.device() != x.device() ||
       x.dim() != 4 || x.layout() != at::kStrided || !supported_dtype(x.scalar_type()) || !table.is_floating_point())
     return false;
-  for (int64_t d = 0; d < 4; ++d)
-    if (x.stride(d) < 0) return false;
   return true;
 }
 
@@ -265,8 +263,7 @@ at::Tensor rotary_table_forward(const at::Tensor& x, const at::Tensor& table, bo
   shape.head_dim = x.size(3);
   shape.half = table.size(2);
   shape.table_rows = table.size(0);
-  for (int64_t d = 0; d < 4; ++d) shape.stride[d] = x.stride(d);
-  if (auto why = sl::cuda::rotary_shape_error(shape); !why.empty()) fail(op, describe("x", x) + ", " + describe("table", table) + ": " + why);
+  for (int64_t d = 0; d < 4; ++d) shape.stride[d] = x.stride(d);  // rotary_forward checks the shape itself
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
   auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
@@ -277,7 +274,7 @@ at::Tensor rotary_table_forward(const at::Tensor& x, const at::Tensor& table, bo
   return out;
 }
 
-bool layer_norm_supported(const at::Tensor& t) { return t.defined() && t.is_cuda() && supported_dtype(t.scalar_type()); }
+bool kernel_dtype_supported(const at::Tensor& t) { return t.defined() && t.is_cuda() && supported_dtype(t.scalar_type()); }
 
 namespace {
 

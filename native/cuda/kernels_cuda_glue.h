@@ -62,16 +62,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_split_forward(QkvLayout layou
 at::Tensor qkv_split_backward(QkvLayout layout, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv);
 
 // True when rotary_table_forward takes x and the table: both CUDA tensors on one device, x of float32, float64,
-// float16 or bfloat16 with non-negative strides, the table of any floating dtype (cast to x's).
+// float16 or bfloat16, the table of any floating dtype (cast to x's).
 bool rotary_table_supported(const at::Tensor& x, const at::Tensor& table);
 
-// x [b, p, h, d] (any non-negative strides) rotated by table [rows, 2, half] (rows = p or b * p; cos then sin,
+// x [b, p, h, d] (any strides) rotated by table [rows, 2, half] (rows = p or b * p; cos then sin,
 // already in x's dtype, contiguous) into a new contiguous tensor; by the opposite angles when inverse. Not autograd
 // aware: native/src/kernels/rotary_cpu.cpp's RotaryFunction wraps it as it wraps the CPU kernel.
 at::Tensor rotary_table_forward(const at::Tensor& x, const at::Tensor& table, bool inverse);
 
-// True when the LayerNorm row kernels take t: a CUDA tensor of float32, float64, float16 or bfloat16.
-bool layer_norm_supported(const at::Tensor& t);
+// True when t is a CUDA tensor of a dtype the kernels take (float32, float64, float16, bfloat16): the element-wise and
+// row kernels (QKV split, LayerNorm, RMSNorm) need nothing else.
+bool kernel_dtype_supported(const at::Tensor& t);
 
 // The two LayerNorm steps of native/src/kernels/layer_norm.h on CUDA rows (layer_norm_cuda.cu), not autograd aware:
 // layer_norm_cpu.cpp's functions wrap them as they wrap the CPU rows. Every tensor contiguous, on one device, of one

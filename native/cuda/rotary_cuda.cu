@@ -33,8 +33,6 @@ std::string rotary_shape_error(const RotaryShape& s) {
   if (s.batch < 0 || s.pos < 0 || s.heads < 0 || s.head_dim < 0) return "negative size (" + dims + ")";
   if (s.half < 1 || 2 * s.half > s.head_dim) return "rotary half width must be in [1, head_dim / 2] (" + dims + ")";
   if (s.table_rows != s.pos && s.table_rows != s.batch * s.pos) return "table rows must be pos or batch * pos (" + dims + ")";
-  for (int64_t st : s.stride)
-    if (st < 0) return "negative stride (" + dims + ")";
   return {};
 }
 

@@ -9,6 +9,8 @@
 #include <cmath>
 
 #ifdef SHARPLENS_WITH_CUDA
+#include <ATen/core/grad_mode.h>
+
 #include "kernels_cuda_glue.h"  // native/cuda: the same rows for CUDA tensors (one warp per row)
 #endif
 
@@ -37,7 +39,7 @@ T row_reduce(int64_t n, Term term) {
 
 bool kernel_supported(const at::Tensor& t) {
 #ifdef SHARPLENS_WITH_CUDA
-  if (t.is_cuda()) return cuda::layer_norm_supported(t);
+  if (t.is_cuda()) return cuda::kernel_dtype_supported(t);
 #endif
   return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
 }
@@ -130,9 +132,12 @@ class RmsScaleFunction : public torch::autograd::Function<RmsScaleFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
     auto saved = ctx->get_saved_variables();
-    return {cuda::layer_norm_centre_scale_backward(saved[0], saved[1], at::Tensor(), grads[0].contiguous()), at::Tensor()};
+    const auto &x = saved[0], &scale = saved[1];
+    // Asked for a graph of the backward (double backward): the same formula as differentiable ops, as the
+    // composition this replaced was.
+    if (at::GradMode::is_enabled()) return {grads[0] * x / (scale * x.size(-1)), at::Tensor()};
+    return {cuda::layer_norm_centre_scale_backward(x, scale, at::Tensor(), grads[0].contiguous()), at::Tensor()};
   }
 };
 #endif
@@ -259,7 +264,7 @@ at::Tensor rms_norm_scale(const at::Tensor& x, double eps) {
   if (x.dim() < 1 || x.size(-1) < 1)
     throw std::invalid_argument("RMS norm needs a non-empty last dimension, got " + c10::str(x.sizes()));
 #ifdef SHARPLENS_WITH_CUDA
-  if (x.is_cuda() && cuda::layer_norm_supported(x)) return RmsScaleFunction::apply(x, eps);
+  if (cuda::kernel_dtype_supported(x)) return RmsScaleFunction::apply(x, eps);
 #endif
   return x.square().mean(-1, /*keepdim=*/true).add(eps).sqrt();
 }

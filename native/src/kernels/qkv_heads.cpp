@@ -27,17 +27,13 @@ std::vector<int64_t> fused_view(int64_t layout, int64_t batch, int64_t pos, int6
 }
 
 #ifdef SHARPLENS_WITH_CUDA
-bool cuda_kernel_takes(const at::Tensor& t) {
-  const auto s = t.scalar_type();
-  return t.is_cuda() && (s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16);
-}
 cuda::QkvLayout cuda_layout(int64_t layout) { return layout == 0 ? cuda::QkvLayout::PartMajor : cuda::QkvLayout::HeadMajor; }
 #endif
 
 // qkv [batch * pos, 3 * h * d] -> three contiguous [batch, h, pos, d].
 variable_list split_raw(int64_t layout, const at::Tensor& qkv, int64_t batch, int64_t pos, int64_t heads, int64_t d) {
 #ifdef SHARPLENS_WITH_CUDA
-  if (cuda_kernel_takes(qkv)) {
+  if (cuda::kernel_dtype_supported(qkv)) {
     auto [q, k, v] = cuda::qkv_split_forward(cuda_layout(layout), qkv.contiguous(), batch, pos, heads, d);
     return {q, k, v};
   }
@@ -49,21 +45,17 @@ variable_list split_raw(int64_t layout, const at::Tensor& qkv, int64_t batch, in
   return parts;
 }
 
-// Gradients [batch, h, pos, d] of q, k, v (undefined = zero) -> the fused gradient [batch * pos, 3 * h * d].
-at::Tensor merge_raw(int64_t layout, const variable_list& grads, const at::TensorOptions& options, int64_t batch,
+// Gradients [batch, h, pos, d] of q, k, v -> the fused gradient [batch * pos, 3 * h * d]. Autograd materialises the
+// gradient of an unused output as zeros (AutogradContext's default), so all three are defined.
+at::Tensor merge_raw(int64_t layout, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv, int64_t batch,
                      int64_t pos, int64_t heads, int64_t d) {
-  const std::vector<int64_t> head_shape{batch, heads, pos, d};
-  auto part = [&](size_t which) { return grads[which].defined() ? grads[which] : at::zeros(head_shape, options); };
 #ifdef SHARPLENS_WITH_CUDA
-  if (cuda_kernel_takes(part(0))) {
-    const auto dq = part(0).contiguous();
-    return cuda::qkv_split_backward(cuda_layout(layout), dq, part(1).to(dq.options()).contiguous(),
-                                    part(2).to(dq.options()).contiguous());
-  }
+  if (cuda::kernel_dtype_supported(dq))
+    return cuda::qkv_split_backward(cuda_layout(layout), dq.contiguous(), dk.contiguous(), dv.contiguous());
 #endif
-  auto fused = at::empty(fused_view(layout, batch, pos, heads, d), options);
-  for (size_t which = 0; which < 3; ++which)
-    fused.select(part_dim(layout), static_cast<int64_t>(which)).copy_(part(which).permute({0, 2, 1, 3}));
+  auto fused = at::empty(fused_view(layout, batch, pos, heads, d), dq.options());
+  const at::Tensor* parts[3] = {&dq, &dk, &dv};
+  for (int64_t which = 0; which < 3; ++which) fused.select(part_dim(layout), which).copy_(parts[which]->permute({0, 2, 1, 3}));
   return fused.view({batch * pos, 3 * heads * d});
 }
 
@@ -86,12 +78,11 @@ class MergeHeadsFunction : public torch::autograd::Function<MergeHeadsFunction> 
                             int64_t layout, int64_t batch, int64_t pos, int64_t heads, int64_t d) {
     ctx->saved_data["layout"] = layout;
     ctx->saved_data["shape"] = std::vector<int64_t>{batch, pos, heads, d};
-    return merge_raw(layout, {dq, dk, dv}, dq.options(), batch, pos, heads, d);
+    return merge_raw(layout, dq, dk, dv, batch, pos, heads, d);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->saved_data["shape"].toIntVector();
     const auto layout = ctx->saved_data["layout"].toInt();
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), {}, {}, {}, {}, {}};
     auto parts = SplitHeadsFunction::apply(grads[0], layout, s[0], s[1], s[2], s[3]);
     return {parts[0], parts[1], parts[2], at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -100,13 +91,7 @@ class MergeHeadsFunction : public torch::autograd::Function<MergeHeadsFunction> 
 variable_list SplitHeadsFunction::backward(AutogradContext* ctx, variable_list grads) {
   const auto s = ctx->saved_data["shape"].toIntVector();
   const auto layout = ctx->saved_data["layout"].toInt();
-  at::Tensor like;
-  for (const auto& g : grads)
-    if (g.defined()) like = g;
-  if (!like.defined()) return {at::Tensor(), {}, {}, {}, {}, {}};
-  const std::vector<int64_t> head_shape{s[0], s[2], s[1], s[3]};
-  auto part = [&](size_t which) { return grads[which].defined() ? grads[which] : at::zeros(head_shape, like.options()); };
-  auto dqkv = MergeHeadsFunction::apply(part(0), part(1), part(2), layout, s[0], s[1], s[2], s[3]);
+  auto dqkv = MergeHeadsFunction::apply(grads[0], grads[1], grads[2], layout, s[0], s[1], s[2], s[3]);
   return {dqkv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
 }
 
