@@ -278,12 +278,16 @@ public abstract class HookedModel : IDisposable
     {
         if (Config.Device.Type != DeviceType.CPU) return null;
         var threads = Torch.NumThreads;
-        if (threads <= 1 || 2.0 * tokens.NumEl * ParameterCount >= SmallPassFlops) return null;
+        // The parameter set is fixed once loaded (moves keep every shape), so it is counted once, not per forward.
+        _parameterCount ??= CountParameters();
+        if (threads <= 1 || 2.0 * tokens.NumEl * _parameterCount.Value >= SmallPassFlops) return null;
         return Torch.ParallelWidth(1);
     }
 
-    /// <summary>The number of parameters (elements), for sizing a pass's work.</summary>
-    protected abstract long ParameterCount { get; }
+    private long? _parameterCount;
+
+    /// <summary>The number of parameters (elements), for sizing a pass's work; called once.</summary>
+    private protected abstract long CountParameters();
 
     /// <summary>
     /// Inputs on the model's device: token ids and masks given on another device (the CPU, typically) are copied there, in

@@ -76,7 +76,7 @@ public sealed partial class TransformerBridge : HookedModel
     }
 
     /// <inheritdoc/>
-    protected override long ParameterCount => _parameters.Values.Sum(p => p.NumEl);
+    private protected override long CountParameters() => _parameters.Values.Sum(p => p.NumEl);
 
     /// <summary>The leaf parameters (see <see cref="NamedParameters"/>).</summary>
     public IReadOnlyList<Tensor> Parameters() => _parameters.Values.ToList();

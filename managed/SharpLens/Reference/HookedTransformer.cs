@@ -103,7 +103,7 @@ public sealed class HookedTransformer : HookedModel
     }
 
     /// <inheritdoc/>
-    protected override long ParameterCount => _weights.Values.Sum(w => w.NumEl);
+    private protected override long CountParameters() => _weights.Values.Sum(w => w.NumEl);
 
     /// <summary>The weight processing applied.</summary>
     public WeightProcessing Processing { get; }
