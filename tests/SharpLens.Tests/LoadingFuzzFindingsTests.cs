@@ -126,6 +126,22 @@ public class LoadingFuzzFindingsTests
         Refused("not valid UTF-8");
     }
 
+    /// <summary>
+    /// A lone surrogate escape ("\ud800") is valid JSON and valid UTF-8 bytes, but .NET cannot hold it as a string: it threw an
+    /// InvalidOperationException naming no file at the first read of the string.
+    /// </summary>
+    [TestCase("model_type")]
+    [TestCase("hidden_act")]
+    public void ConfigStringWithALoneSurrogateIsRefusedNamingTheFile(string field)
+    {
+        CopyFixture("tiny-llama");
+        var text = File.ReadAllText(ConfigPath);
+        var value = field == "model_type" ? "\"llama\"" : "\"silu\"";
+        Assert.That(text, Does.Contain($"\"{field}\": {value}"));
+        File.WriteAllText(ConfigPath, text.Replace($"\"{field}\": {value}", $"\"{field}\": \"\\ud800\""));
+        Refused("not valid UTF-16 text");
+    }
+
     // ------------------------------------------------------------------ fields left out mean transformers' defaults
 
     /// <summary>

@@ -34,10 +34,23 @@ public static class ModelLoader
             if (root.ValueKind != JsonValueKind.Object) throw new ModelLoadException(path, "the config is not a JSON object");
             if (!root.TryGetProperty("model_type", out var mt) || mt.ValueKind != JsonValueKind.String)
                 throw new ModelLoadException(path, "config field 'model_type' is missing or not a string");
-            var adapter = ArchitectureAdapter.For(mt.GetString()!, path);
-            return (adapter.ReadConfig(root, path), adapter);
+            try
+            {
+                var adapter = ArchitectureAdapter.For(mt.GetString()!, path);
+                return (adapter.ReadConfig(root, path), adapter);
+            }
+            catch (InvalidOperationException e) when (IsUnreadableString(e))
+            {
+                throw new ModelLoadException(path, $"a string is not valid UTF-16 text ({e.Message})", e);
+            }
         }
     }
+
+    /// <summary>
+    /// The exception JsonElement.GetString throws for a string JSON can escape but .NET cannot hold (a lone surrogate such as
+    /// "\ud800"), which would otherwise leave the loader naming no file. Every string read of a config passes through here.
+    /// </summary>
+    private static bool IsUnreadableString(InvalidOperationException e) => e.Source?.StartsWith("System.Text.Json", StringComparison.Ordinal) == true;
 
     /// <summary>
     /// Parses a JSON file, refusing bytes that are not UTF-8 up front: <see cref="JsonDocument"/> checks only the syntax, and
@@ -189,7 +202,14 @@ public static class ModelLoader
             {
                 if (p.Value.ValueKind != JsonValueKind.String)
                     throw new ModelLoadException(indexPath, $"weight_map entry '{p.Name}' is not a file name");
-                weightMap[p.Name] = p.Value.GetString()!;
+                try
+                {
+                    weightMap[p.Name] = p.Value.GetString()!;
+                }
+                catch (InvalidOperationException e) when (IsUnreadableString(e))
+                {
+                    throw new ModelLoadException(indexPath, $"weight_map entry '{p.Name}' is not valid UTF-16 text ({e.Message})", e);
+                }
             }
         }
         var opened = new Dictionary<string, SafeTensorsFile>();

@@ -104,9 +104,10 @@ internal sealed record TokenizerClassRule(string? ClassName, bool FlagsDecide, b
         using var doc = TokenizerJson.Parse(path);
         var root = doc.RootElement;
         if (root.ValueKind != JsonValueKind.Object) return null;
-        if (root.TryGetProperty("tokenizer_class", out var cls) && cls.ValueKind == JsonValueKind.String) return cls.GetString();
+        var json = new TokenizerJson(path);  // its string reads name the file on text JSON can escape but .NET cannot hold
+        if (root.TryGetProperty("tokenizer_class", out var cls) && cls.ValueKind == JsonValueKind.String) return json.ReadString(cls, "tokenizer_class");
         if (root.TryGetProperty("model_type", out var type) && type.ValueKind == JsonValueKind.String &&
-            ModelTypeClasses.TryGetValue(type.GetString()!, out var fromType)) return fromType;
+            ModelTypeClasses.TryGetValue(json.ReadString(type, "model_type"), out var fromType)) return fromType;
         return null;
     }
 }
